@@ -1,0 +1,1 @@
+"""Flower ClientApp for fedlora: messages in, local LoRA round, messages out."""

@@ -1,0 +1,1 @@
+"""Leakage and quality measurement, sample generation, figures."""

@@ -1,0 +1,46 @@
+"""Per-round denoising loss of the global model on fixed members and non-members.
+
+The same samples and the same (t, eps) draws every round, so the curve moves only because
+the adapter does; the member/non-member gap is the simplest leakage signal there is.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig
+from ..data import Splits, load_dataset
+
+
+def pick_eval_ids(splits: Splits, k: int, seed: int) -> tuple[list[str], list[str]]:
+    """Up to ``k`` members (from all clients) and as many non-members, seeded."""
+    members = sorted(i for c in splits.clients for i in c.members)
+    nonmembers = sorted(i for c in splits.clients for i in c.nonmembers)
+    rng = np.random.default_rng([seed, 11])
+    k = min(k, len(members), len(nonmembers))
+    return (sorted(rng.choice(members, k, replace=False).tolist()), sorted(rng.choice(nonmembers, k, replace=False).tolist()))
+
+
+class LossTracker:
+    def __init__(self, cfg: ExperimentConfig, runtime, splits: Splits):
+        self.cfg, self.runtime = cfg, runtime
+        dataset = load_dataset(cfg.data)
+        member_ids, nonmember_ids = pick_eval_ids(splits, cfg.evaluation.eval_members, cfg.run.seed)
+        self.members = runtime.encode(dataset, member_ids)
+        self.nonmembers = runtime.encode(dataset, nonmember_ids)
+
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        self.runtime.set_lora(state)
+        draws, seed = self.cfg.evaluation.loss_timesteps, self.cfg.run.seed + 101
+        m = self.runtime.mean_loss(self.members, draws, seed)
+        nm = self.runtime.mean_loss(self.nonmembers, draws, seed)
+        return {
+            "member_loss": float(m.mean()),
+            "nonmember_loss": float(nm.mean()),
+            "loss_gap": float(nm.mean() - m.mean()),
+            "n_eval_members": len(m),
+            "n_eval_nonmembers": len(nm),
+        }

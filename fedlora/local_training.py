@@ -1,0 +1,188 @@
+"""One process's model runtime and a client's local LoRA round.
+
+A Ray worker serves many simulated clients; it loads the base pipeline once, attaches the
+adapter once, and caches each client's encoded samples, so a round costs only training.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .config import ConfigError, ExperimentConfig, TrainConfig
+from .data import ImageDataset, Splits, load_dataset, make_splits
+from .models.base import base_info, load_pipeline
+from .models.diffusion import encode_captions, encode_images, mean_denoising_loss, squared_error_map, training_scheduler
+from .models.lora import attach_lora, load_lora_state, lora_state
+from .privacy.objectives import Objective, build_objective
+
+
+def round_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from (run seed, client, round, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class EncodedSamples:
+    ids: tuple[str, ...]
+    latents: torch.Tensor
+    cond: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TrainStats:
+    num_examples: int
+    steps: int
+    loss_first: float
+    loss_last: float
+    loss_mean: float
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def check_base_matches_data(cfg: ExperimentConfig) -> None:
+    """Refuse private splits that could overlap what the base model was pretrained on."""
+    info = base_info(cfg.model.base_model)
+    if not info or info.get("dataset") != cfg.data.dataset:
+        return
+    for key in ("public_fraction", "public_seed", "image_size"):
+        if info.get(key) != getattr(cfg.data, key):
+            raise ConfigError(
+                f"data.{key} = {getattr(cfg.data, key)!r} but the base model was pretrained on the public split of "
+                f"{info['dataset']} with {key} = {info.get(key)!r}; private members could then be in the base's "
+                "training data. Use the base's value or another base model."
+            )
+
+
+class ModelRuntime:
+    """Base pipeline + LoRA adapter + encoded samples, built once per process and config."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.pipe = load_pipeline(cfg.model.base_model, cached=False)
+        attach_lora(self.pipe.unet, cfg.model, seed=cfg.run.seed)
+        self.scheduler = training_scheduler(self.pipe)
+        self._encoded: dict[tuple[str, ...], EncodedSamples] = {}
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    def encode(self, dataset: ImageDataset, ids: Sequence[str]) -> EncodedSamples:
+        key = tuple(ids)
+        if key not in self._encoded:
+            idx = dataset.indices_of(key)
+            self._encoded[key] = EncodedSamples(
+                ids=key,
+                latents=encode_images(self.pipe.vae, dataset.images[idx]),
+                cond=encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [dataset.captions[i] for i in idx]),
+            )
+        return self._encoded[key]
+
+    def set_lora(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_lora_state(self.unet, state)
+
+    def get_lora(self) -> dict[str, torch.Tensor]:
+        return lora_state(self.unet)
+
+    def mean_loss(self, samples: EncodedSamples, draws: int, seed: int) -> torch.Tensor:
+        self.unet.eval()
+        return mean_denoising_loss(self.unet, self.scheduler, samples.latents, samples.cond, draws, seed)
+
+
+_RUNTIMES: dict[tuple, ModelRuntime] = {}
+_SPLITS: dict[tuple, Splits] = {}
+
+
+def get_runtime(cfg: ExperimentConfig) -> ModelRuntime:
+    key = (cfg.model.base_model, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_targets)
+    if key not in _RUNTIMES:
+        _RUNTIMES[key] = ModelRuntime(cfg)
+    return _RUNTIMES[key]
+
+
+def get_splits(cfg: ExperimentConfig) -> Splits:
+    key = (cfg.data, cfg.federation.num_clients, cfg.run.seed)
+    if key not in _SPLITS:
+        _SPLITS[key] = make_splits(load_dataset(cfg.data), cfg.data, cfg.federation.num_clients, cfg.run.seed)
+    return _SPLITS[key]
+
+
+def train_lora(
+    runtime: ModelRuntime, samples: EncodedSamples, train: TrainConfig, objective: Objective, seed: int
+) -> TrainStats:
+    """``train.local_steps`` AdamW steps on the LoRA parameters; batches cycle through shuffled members."""
+    started = time.perf_counter()
+    unet = runtime.unet
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train.learning_rate)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(samples)
+    order = torch.randperm(n, generator=gen)
+    cursor = 0
+    losses: list[float] = []
+    extra: dict[str, list[float]] = {}
+    unet.train()
+    for _ in range(train.local_steps):
+        if cursor + train.batch_size > n:
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor : cursor + min(train.batch_size, n)]
+        cursor += len(idx)
+        z, c = samples.latents[idx], samples.cond[idx]
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
+        loss, metrics = objective.loss(err)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        opt.step()
+        metrics.update(objective.after_step())
+        losses.append(float(loss.detach()))
+        for k, v in metrics.items():
+            extra.setdefault(k, []).append(v)
+    unet.eval()
+    return TrainStats(
+        num_examples=n,
+        steps=train.local_steps,
+        loss_first=losses[0],
+        loss_last=losses[-1],
+        loss_mean=float(np.mean(losses)),
+        seconds=time.perf_counter() - started,
+        extra={k: float(np.mean(v)) for k, v in extra.items()},
+    )
+
+
+@dataclass
+class ClientRoundResult:
+    state: dict[str, torch.Tensor]
+    stats: TrainStats
+    objective_state: dict[str, torch.Tensor]
+
+
+def client_round(
+    cfg: ExperimentConfig,
+    client_id: int,
+    global_state: Mapping[str, torch.Tensor],
+    server_round: int,
+    objective_state: Mapping[str, torch.Tensor] | None = None,
+) -> ClientRoundResult:
+    """Load the global adapter, train on this client's members, return the new adapter."""
+    if not 0 <= client_id < cfg.federation.num_clients:
+        raise ValueError(f"client id {client_id} is outside 0..{cfg.federation.num_clients - 1} (federation.num_clients)")
+    runtime = get_runtime(cfg)
+    split = get_splits(cfg).clients[client_id]
+    members = runtime.encode(load_dataset(cfg.data), split.members)
+    objective = build_objective(cfg.train)
+    if objective_state:
+        objective.load_state_dict(dict(objective_state))
+    runtime.set_lora(global_state)
+    stats = train_lora(runtime, members, cfg.train, objective, round_seed(cfg.run.seed, client_id, server_round))
+    return ClientRoundResult(state=runtime.get_lora(), stats=stats, objective_state=objective.state_dict())

@@ -1,0 +1,1 @@
+"""Base LDM building and loading, LoRA attach/extract, pretraining."""

@@ -1,0 +1,85 @@
+"""The denoising objective shared by pretraining, local LoRA training and evaluation.
+
+Latents and caption embeddings are computed once per sample (the VAE and text encoder are
+frozen during adaptation), so a training step costs one UNet pass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_images(vae, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """Scaled latents (the posterior mode, so cached latents are deterministic)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images_to_tensor(images[i : i + batch_size]).to(vae.device, vae.dtype)
+        out.append(vae.encode(x).latent_dist.mode() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(captions), batch_size):
+        ids = tokenizer(
+            list(captions[i : i + batch_size]),
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids.to(text_encoder.device)
+        out.append(text_encoder(ids)[0])
+    return torch.cat(out)
+
+
+def training_scheduler(pipeline):
+    """DDPM forward process with the pipeline's own beta schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipeline.scheduler.config)
+
+
+def squared_error_map(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """(eps - eps_theta(z_t, t, c))^2 per element: L_ada's integrand and the MIA feature."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
+    return (pred - noise).pow(2)
+
+
+@torch.no_grad()
+def mean_denoising_loss(
+    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, draws: int, seed: int, batch_size: int = 64
+) -> torch.Tensor:
+    """Per-sample loss averaged over ``draws`` fixed (t, eps) pairs: comparable across rounds."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(latents)
+    total = torch.zeros(n)
+    for _ in range(draws):
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+        for i in range(0, n, batch_size):
+            sl = slice(i, i + batch_size)
+            err = squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
+            total[sl] += err.mean(dim=(1, 2, 3)).cpu()
+    return total / draws

@@ -1,0 +1,66 @@
+"""The run folder contract: ``runs/<name>/`` holds everything needed to audit a run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import ExperimentConfig
+
+CONFIG_FILE = "config.toml"
+SPLITS_FILE = "splits.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+ADAPTER_DIR = "adapter"
+SAMPLES_FILE = "samples.png"
+TRAINING_FIGURE = "training.png"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class RunOutputs:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig) -> "RunOutputs":
+        """A fresh folder; an existing run of the same name is never overwritten (a -N suffix is added)."""
+        base = Path(cfg.run.output_dir) / cfg.run.name
+        root, k = base, 1
+        while root.exists() and any(root.iterdir()):
+            k += 1
+            root = base.with_name(f"{base.name}-{k}")
+        root.mkdir(parents=True, exist_ok=True)
+        out = cls(root)
+        out.path(CONFIG_FILE).write_text(cfg.to_toml())
+        out.path(METRICS_FILE).write_text("")
+        return out
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        with self.path(METRICS_FILE).open("a") as fh:
+            fh.write(json.dumps(_jsonable(row)) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path(METRICS_FILE)
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        path = self.path(name)
+        path.write_text(json.dumps(_jsonable(data), indent=1))
+        return path

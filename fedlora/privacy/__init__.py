@@ -1,0 +1,1 @@
+"""Local objectives (LoRA and the membership-privacy variants) and privacy mechanisms."""

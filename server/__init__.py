@@ -1,0 +1,1 @@
+"""Flower ServerApp for fedlora: strategy wiring, per-round logging, final outputs."""

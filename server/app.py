@@ -1,0 +1,135 @@
+"""Flower ServerApp: discover clients, run the LoRA strategy, log rounds, write the run folder.
+
+``app`` serves ``flwr run .`` (config from the run config); ``create_server_app(cfg)`` is what
+``fedlora run`` passes to the simulation engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from tqdm.auto import tqdm
+
+from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.local_training import check_base_matches_data, get_runtime, get_splits
+from fedlora.evaluation.tracking import LossTracker
+from fedlora.outputs import SPLITS_FILE, RunOutputs
+from fedlora.protocol import CONFIG, PARTITION_ID
+from fedlora.reporting import Communication, RunResult, RunTimings, finalize_run
+
+from .strategy import LoraStrategy
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DISCOVERY_TIMEOUT_S = 300.0
+
+
+def config_from_run_config(run_config) -> ExperimentConfig:
+    """``flwr run`` path: ``config`` names a TOML (relative to the app), ``overrides`` adds k=v pairs."""
+    name = str(run_config.get("config", "configs/default.toml"))
+    path = Path(name)
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / name
+    overrides = [o for o in str(run_config.get("overrides", "")).split() if o]
+    return load_config(path, overrides)
+
+
+def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEOUT_S) -> dict[int, int]:
+    """Wait for all nodes, then ask each for its partition id: node id -> partition id."""
+    deadline = time.monotonic() + timeout
+    node_ids = list(grid.get_node_ids())
+    while len(node_ids) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(node_ids)} of {expected} clients connected within {timeout:.0f} s")
+        time.sleep(0.5)
+        node_ids = list(grid.get_node_ids())
+    queries = [Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=nid, message_type="query") for nid in node_ids]
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    failed = [r for r in replies if r.has_error()]
+    if failed or len(replies) != len(node_ids):
+        reasons = [str(r.error.reason) for r in failed][:3]
+        raise RuntimeError(f"client discovery: {len(replies) - len(failed)} of {len(node_ids)} answered; errors {reasons}")
+    partition_of = {r.metadata.src_node_id: int(r.content["metrics"][PARTITION_ID]) for r in replies}
+    pids = sorted(partition_of.values())
+    if pids != list(range(expected)):
+        raise RuntimeError(f"clients report partition ids {pids}; expected each of 0..{expected - 1} exactly once")
+    return partition_of
+
+
+def _to_torch(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()}
+
+
+def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The whole server side of a run; returns the run folder and the final global adapter."""
+    started = time.perf_counter()
+    check_base_matches_data(cfg)
+    outputs = RunOutputs.create(cfg)
+    splits = get_splits(cfg)
+    splits.save(outputs.path(SPLITS_FILE))
+    runtime = get_runtime(cfg)
+    initial = runtime.get_lora()
+    tracker = LossTracker(cfg, runtime, splits)
+    partition_of = discover_clients(grid, cfg.federation.num_clients)
+    strategy = LoraStrategy(
+        rule=cfg.federation.aggregation,
+        partition_of=partition_of,
+        fraction=cfg.federation.fraction_train,
+        seed=cfg.run.seed,
+        config_text=cfg.to_toml(),
+    )
+    timings = RunTimings()
+    progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        t0 = time.perf_counter()
+        losses = tracker(_to_torch(arrays))
+        row = {"round": server_round, **losses, **strategy.rounds.get(server_round, {})}
+        timings.train_s += row.get("round_s", 0.0)
+        outputs.append_metrics(row)
+        if server_round > 0:
+            progress.update(1)
+            progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
+        timings.eval_s += time.perf_counter() - t0
+        return MetricRecord({k: v for k, v in losses.items()})
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial),
+        num_rounds=cfg.federation.rounds,
+        timeout=cfg.federation.round_timeout_s,
+        train_config=ConfigRecord({}),
+        evaluate_fn=evaluate,
+    )
+    progress.close()
+    trained = [r for r in strategy.rounds.values() if "clients" in r]
+    if not trained:
+        raise RuntimeError("no round produced a model update; see the client errors in the log above")
+    comm = Communication(
+        bytes_up_per_client_round=sum(r["bytes_up_per_client"] for r in trained) / len(trained),
+        bytes_down_per_client_round=sum(r["bytes_down_per_client"] for r in trained) / len(trained),
+    )
+    final = _to_torch(result.arrays)
+    finalize_run(outputs, cfg, runtime, splits, final, RunResult(timings, comm), started)
+    return outputs.root, final
+
+
+def create_server_app(cfg: ExperimentConfig | None = None, result_holder: dict | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = cfg if cfg is not None else config_from_run_config(context.run_config)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        run_dir, final = run_federated(grid, resolved)
+        if result_holder is not None:
+            result_holder.update(run_dir=run_dir, global_state=final)
+
+    return app
+
+
+app = create_server_app()
+__all__ = ["app", "create_server_app", "ConfigError"]

@@ -1,0 +1,57 @@
+import pytest
+
+from fedlora.config import ConfigError, ExperimentConfig, load_config, loads_config, parse_override
+
+
+def test_defaults_and_shipped_configs_load():
+    assert ExperimentConfig().federation.aggregation == "fedavg"
+    for name in ("smoke", "default", "pretrain"):
+        cfg = load_config(f"configs/{name}.toml")
+        assert cfg.run.seed == 0
+
+
+def test_default_config_is_at_least_eight_clients_and_several_rounds():
+    cfg = load_config("configs/default.toml")
+    assert cfg.federation.num_clients >= 8 and cfg.federation.rounds >= 3
+
+
+def test_unknown_key_names_the_key_and_allowed_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[federation]\nrouns = 3\n")
+    with pytest.raises(ConfigError, match=r"federation\.rouns.*allowed keys.*rounds"):
+        load_config(p)
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[fed]\nrounds = 3\n")
+    with pytest.raises(ConfigError, match=r"\[fed\]"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("federation.rounds=1.5", r"federation\.rounds must be an integer"),
+        ("train.learning_rate='fast'", r"train\.learning_rate must be a number"),
+        ("data.dataset='cifar'", r"data\.dataset = 'cifar' is not allowed; choose one of \['mnist'"),
+        ("federation.fraction_train=1.5", r"above the maximum"),
+        ("data.members_per_client=7", r"must be even"),
+        ("model.lora_targets=[]", r"must not be empty"),
+        ("data.dataset='folder'", r"needs data\.data_dir"),
+    ],
+)
+def test_bad_values_fail_at_load(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("configs/smoke.toml", [override])
+
+
+def test_override_parsing_and_roundtrip():
+    assert parse_override("federation.rounds=3") == ("federation.rounds", 3)
+    assert parse_override("run.name=abc") == ("run.name", "abc")
+    with pytest.raises(ConfigError, match="section.key"):
+        parse_override("rounds=3")
+    cfg = load_config("configs/default.toml", ["federation.rounds=2", "model.lora_targets=['to_q']"])
+    assert cfg.federation.rounds == 2 and cfg.model.lora_targets == ("to_q",)
+    assert loads_config(cfg.to_toml()) == cfg
+    assert cfg.replace(**{"train.local_steps": 3}).train.local_steps == 3
