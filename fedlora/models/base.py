@@ -71,9 +71,14 @@ def load_pipeline(name: str, *, cached: bool = True):
     """A float32 CPU/GPU-agnostic ``StableDiffusionPipeline``; one copy per process when cached."""
     from diffusers import StableDiffusionPipeline
 
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     location = resolve_base_model(name)
     if cached and location in _CACHE:
         return _CACHE[location]
+    diffusers_logging.disable_progress_bar()  # one bar per component and Ray worker is noise
+    transformers_logging.disable_progress_bar()
     local = Path(location).exists()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
