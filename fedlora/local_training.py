@@ -16,9 +16,17 @@ import torch
 from .config import ConfigError, ExperimentConfig, TrainConfig
 from .data import ImageDataset, Splits, load_dataset, make_splits
 from .models.base import base_info, load_pipeline
-from .models.diffusion import encode_captions, encode_images, mean_denoising_loss, squared_error_map, training_scheduler
+from .models.diffusion import (
+    encode_captions,
+    encode_images,
+    loss_maps,
+    mean_denoising_loss,
+    squared_error_map,
+    training_scheduler,
+)
 from .models.lora import attach_lora, load_lora_state, lora_state
-from .privacy.objectives import Objective, build_objective
+from .privacy.attacker import MEMBER, NONMEMBER
+from .privacy.objectives import AttackBatchFn, Objective, build_objective
 
 
 def round_seed(*parts: int) -> int:
@@ -91,6 +99,9 @@ class ModelRuntime:
     def get_lora(self) -> dict[str, torch.Tensor]:
         return lora_state(self.unet)
 
+    def loss_maps(self, samples: EncodedSamples, gen: torch.Generator) -> torch.Tensor:
+        return loss_maps(self.unet, self.scheduler, samples.latents, samples.cond, gen)
+
     def mean_loss(self, samples: EncodedSamples, draws: int, seed: int) -> torch.Tensor:
         self.unet.eval()
         return mean_denoising_loss(self.unet, self.scheduler, samples.latents, samples.cond, draws, seed)
@@ -160,6 +171,25 @@ def train_lora(
     )
 
 
+def aux_batches(runtime: ModelRuntime, members: EncodedSamples, nonmembers: EncodedSamples, gen: torch.Generator) -> AttackBatchFn:
+    """Balanced proxy-attacker batches: k random D^m_aux and k random D^nm_aux loss maps (no grad)."""
+
+    def batch(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mi = torch.randint(0, len(members), (k,), generator=gen)
+        ni = torch.randint(0, len(nonmembers), (k,), generator=gen)
+        latents = torch.cat([members.latents[mi], nonmembers.latents[ni]])
+        cond = torch.cat([members.cond[mi], nonmembers.cond[ni]])
+        maps = loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen)
+        labels = torch.tensor([MEMBER] * k + [NONMEMBER] * k)
+        return maps, labels
+
+    return batch
+
+
+def balanced_labels(n_members: int, n_nonmembers: int) -> torch.Tensor:
+    return torch.tensor([MEMBER] * n_members + [NONMEMBER] * n_nonmembers)
+
+
 @dataclass
 class ClientRoundResult:
     state: dict[str, torch.Tensor]
@@ -174,15 +204,41 @@ def client_round(
     server_round: int,
     objective_state: Mapping[str, torch.Tensor] | None = None,
 ) -> ClientRoundResult:
-    """Load the global adapter, train on this client's members, return the new adapter."""
+    """Load the global adapter, train on this client's members, return the new adapter.
+
+    With MP-/SMP-LoRA the client's proxy attacker continues from ``objective_state`` (its
+    previous round) and is scored afterwards on the client's own D_te (one (t, eps) draw).
+    """
     if not 0 <= client_id < cfg.federation.num_clients:
         raise ValueError(f"client id {client_id} is outside 0..{cfg.federation.num_clients - 1} (federation.num_clients)")
     runtime = get_runtime(cfg)
     split = get_splits(cfg).clients[client_id]
-    members = runtime.encode(load_dataset(cfg.data), split.members)
-    objective = build_objective(cfg.train)
+    dataset = load_dataset(cfg.data)
+    members = runtime.encode(dataset, split.members)
+    seed = round_seed(cfg.run.seed, client_id, server_round)
+    gen = torch.Generator().manual_seed(round_seed(seed, 1))
+    private = cfg.train.method != "lora"
+    attack_batch = None
+    if private:
+        attack_batch = aux_batches(
+            runtime, runtime.encode(dataset, split.member_aux), runtime.encode(dataset, split.nonmember_aux), gen
+        )
+    objective = build_objective(
+        cfg.train,
+        cfg.privacy,
+        feature_size=members.latents[0].numel(),
+        attack_batch=attack_batch,
+        seed=round_seed(cfg.run.seed, client_id),
+    )
     if objective_state:
         objective.load_state_dict(dict(objective_state))
     runtime.set_lora(global_state)
-    stats = train_lora(runtime, members, cfg.train, objective, round_seed(cfg.run.seed, client_id, server_round))
+    stats = train_lora(runtime, members, cfg.train, objective, seed)
+    if private:
+        test_m = runtime.encode(dataset, split.member_test)
+        test_n = runtime.encode(dataset, split.nonmember_test)
+        maps = torch.cat([runtime.loss_maps(test_m, gen), runtime.loss_maps(test_n, gen)])
+        attacker = objective.attacker  # type: ignore[attr-defined]
+        stats.extra["attacker_test_acc"] = attacker.accuracy(maps, balanced_labels(len(test_m), len(test_n)))
+        stats.extra["attacker_updates"] = float(attacker.updates)
     return ClientRoundResult(state=runtime.get_lora(), stats=stats, objective_state=objective.state_dict())

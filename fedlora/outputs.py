@@ -17,6 +17,7 @@ REPORT_FILE = "report.md"
 ADAPTER_DIR = "adapter"
 SAMPLES_FILE = "samples.png"
 TRAINING_FIGURE = "training.png"
+ROC_FIGURE = "roc.png"
 
 
 def _jsonable(value: Any) -> Any:

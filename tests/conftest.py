@@ -1,6 +1,11 @@
 import os
 
 import pytest
+import torch
+
+# Tests share 2 cores with Ray workers and each other; oversubscribed OpenMP threads spin and
+# slow a tiny UNet forward by two orders of magnitude, so every test process uses one thread.
+torch.set_num_threads(1)
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,7 +5,7 @@ from fedlora.config import ConfigError, ExperimentConfig, load_config, loads_con
 
 def test_defaults_and_shipped_configs_load():
     assert ExperimentConfig().federation.aggregation == "fedavg"
-    for name in ("smoke", "default", "pretrain"):
+    for name in ("smoke", "default", "pretrain", "paper-centralized", "paper-federated"):
         cfg = load_config(f"configs/{name}.toml")
         assert cfg.run.seed == 0
 
@@ -39,6 +39,11 @@ def test_unknown_section(tmp_path):
         ("data.members_per_client=7", r"must be even"),
         ("model.lora_targets=[]", r"must not be empty"),
         ("data.dataset='folder'", r"needs data\.data_dir"),
+        ("train.method='dp-lora'", r"train\.method = 'dp-lora' is not allowed; choose one of \['lora', 'mp-lora', 'smp-lora'\]"),
+        ("evaluation.attacks=['learned-mlp', 'gsa']", r"evaluation\.attacks has \['gsa'\]; each entry must be one of"),
+        ("evaluation.attacks=['learned-mlp', 'learned-mlp']", r"lists an entry twice"),
+        ("privacy.attacker_dropout=1.0", r"privacy\.attacker_dropout = 1\.0 is above the maximum"),
+        ("privacy.mi_lamda=0.1", r"unknown config key privacy\.mi_lamda; allowed keys in \[privacy\]"),
     ],
 )
 def test_bad_values_fail_at_load(override, pattern):

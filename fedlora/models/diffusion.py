@@ -83,3 +83,17 @@ def mean_denoising_loss(
             err = squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
             total[sl] += err.mean(dim=(1, 2, 3)).cpu()
     return total / draws
+
+
+@torch.no_grad()
+def loss_maps(
+    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, batch_size: int = 256
+) -> torch.Tensor:
+    """One fresh (t, eps) draw per sample -> (N, C, h, w) squared-error maps: the MIA feature."""
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
+    out = []
+    for i in range(0, len(latents), batch_size):
+        sl = slice(i, i + batch_size)
+        out.append(squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl]))
+    return torch.cat(out) if out else latents.new_zeros((0, *latents.shape[1:]))

@@ -1,0 +1,51 @@
+"""Leakage of a finished run: attacks on the global model and on each client's last update.
+
+Global target: the final global adapter, attacked with the union of the clients' aux sets
+(D_aux) and test sets (D_te). Client targets: the adapter each client last sent (what the
+server sees), attacked with that client's own sets only, so their sample sizes are small
+and stated next to every number.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from ..config import ExperimentConfig
+from ..data import ImageDataset, Splits
+from .attacks import AttackResult, AttackSets, Samples, run_attacks
+
+
+def attack_sets(runtime, dataset: ImageDataset, splits: Splits, clients: list[int]) -> AttackSets:
+    def union(attr: str) -> Samples:
+        return Samples.concat([runtime.encode(dataset, getattr(splits.clients[c], attr)) for c in clients])
+
+    return AttackSets(union("member_aux"), union("nonmember_aux"), union("member_test"), union("nonmember_test"))
+
+
+def evaluate_membership(
+    cfg: ExperimentConfig,
+    runtime,
+    dataset: ImageDataset,
+    splits: Splits,
+    global_state: Mapping[str, torch.Tensor],
+    client_states: Mapping[int, Mapping[str, torch.Tensor]],
+) -> tuple[dict, dict[str, AttackResult]]:
+    """``privacy`` for summary.json, and the global model's attack results (for ROC curves)."""
+    privacy: dict = {"global": {}, "clients": {}}
+    if not cfg.evaluation.attacks:
+        return privacy, {}
+    seed = cfg.run.seed * 1000 + 17
+    runtime.set_lora(global_state)
+    every = list(range(cfg.federation.num_clients))
+    results = run_attacks(runtime, attack_sets(runtime, dataset, splits, every), cfg.evaluation, seed, desc="attack global")
+    privacy["global"] = {name: r.metrics | {"details": r.details} for name, r in results.items()}
+    if cfg.evaluation.attack_clients:
+        for cid in sorted(client_states):
+            runtime.set_lora(client_states[cid])
+            sets = attack_sets(runtime, dataset, splits, [cid])
+            res = run_attacks(runtime, sets, cfg.evaluation, seed + 1 + cid, desc=f"attack client {cid}")
+            privacy["clients"][str(cid)] = {name: r.metrics | {"details": r.details} for name, r in res.items()}
+    runtime.set_lora(global_state)
+    return privacy, results

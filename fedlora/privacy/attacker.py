@@ -1,0 +1,107 @@
+"""The membership-inference attacker h: an MLP on the flattened per-element loss map.
+
+The same architecture serves as each client's proxy attacker h_omega during SMP-LoRA
+training and as the evaluation's fresh attacker h' (paper: [512, 256, 2], ReLU, dropout
+0.5, softmax). Class 1 is "member". Its state, Adam moments included, round-trips through
+a flat ``{name: tensor}`` dict so that Flower's ``context.state`` can keep it across rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+HIDDEN = (512, 256)
+MEMBER, NONMEMBER = 1, 0
+_OPT_PREFIX = "adam."
+_NET_PREFIX = "mlp."
+
+
+class MembershipMLP(nn.Module):
+    def __init__(self, in_features: int, dropout: float = 0.5, hidden: tuple[int, ...] = HIDDEN):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, 2))
+        self.net = nn.Sequential(*layers)
+        self.in_features = in_features
+
+    def forward(self, loss_map: torch.Tensor) -> torch.Tensor:
+        """(B, ...) loss maps -> (B, 2) logits."""
+        return self.net(loss_map.flatten(1))
+
+    def member_score(self, loss_map: torch.Tensor) -> torch.Tensor:
+        """P(member) per sample: the score ROC curves are drawn from."""
+        return self(loss_map).softmax(dim=1)[:, MEMBER]
+
+
+def member_cross_entropy(attacker: MembershipMLP, loss_map: torch.Tensor) -> torch.Tensor:
+    """CE of the attacker labelling a batch of members as members, differentiable w.r.t. the
+    map but not the attacker (held fixed during the LoRA step). Equals -G restricted to members,
+    as in the released code (no 1/2 factor)."""
+    params = dict(attacker.named_parameters())
+    frozen = {k: v.detach() for k, v in params.items()}
+    logits = torch.func.functional_call(attacker, frozen, (loss_map,))
+    labels = torch.full((len(loss_map),), MEMBER, dtype=torch.long, device=loss_map.device)
+    return F.cross_entropy(logits, labels)
+
+
+class ProxyAttacker:
+    """h_omega with its Adam optimiser, trained by CE on balanced member / non-member batches."""
+
+    def __init__(self, in_features: int, lr: float, weight_decay: float, dropout: float, seed: int):
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.model = MembershipMLP(in_features, dropout)
+        torch.random.set_rng_state(gen_state)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.updates = 0
+
+    def step(self, loss_maps: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One ascent step on G (= one descent step on the CE)."""
+        self.model.train()
+        logits = self.model(loss_maps.detach())
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.updates += 1
+        acc = (logits.argmax(1) == labels).float().mean()
+        return {"attacker_ce": float(loss.detach()), "attacker_acc": float(acc)}
+
+    @torch.no_grad()
+    def accuracy(self, loss_maps: torch.Tensor, labels: torch.Tensor) -> float:
+        self.model.eval()
+        acc = (self.model(loss_maps).argmax(1) == labels).float().mean()
+        self.model.train()
+        return float(acc)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {_NET_PREFIX + k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        for idx, slot in self.optimizer.state_dict()["state"].items():
+            for name, value in slot.items():
+                out[f"{_OPT_PREFIX}{idx}.{name}"] = torch.as_tensor(value).detach().clone()
+        out["updates"] = torch.tensor(self.updates, dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        net = {k[len(_NET_PREFIX) :]: v for k, v in state.items() if k.startswith(_NET_PREFIX)}
+        missing = set(self.model.state_dict()) - set(net)
+        if missing:
+            raise ValueError(f"attacker state lacks {sorted(missing)[:3]}; was it saved by another architecture?")
+        self.model.load_state_dict(net)
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            if key.startswith(_OPT_PREFIX):
+                idx, name = key[len(_OPT_PREFIX) :].split(".", 1)
+                slots.setdefault(int(idx), {})[name] = value.clone()
+        opt_state = self.optimizer.state_dict()
+        opt_state["state"] = slots
+        self.optimizer.load_state_dict(opt_state)
+        self.updates = int(state["updates"]) if "updates" in state else 0

@@ -1,0 +1,119 @@
+"""Step time of SMP-LoRA against plain LoRA on the same batch, in one process (ratios, not absolutes).
+
+Three step kinds on the embedded base, interleaved in blocks so machine noise hits all alike:
+  lora          one UNet forward/backward (L_ada)
+  smp-lora      fedlora's SMP-LoRA step: L_ada and the attacker's input from ONE forward/backward,
+                then k attacker updates on 2*attacker_batch_size no-grad loss maps
+  smp-2pass     the released code's shape: a second forward/backward with its own (t, eps) for the
+                MI term, then the same attacker updates
+Usage: python scripts/bench_step.py [--out docs/measurements/step_time.json] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fedlora.config import load_config
+from fedlora.data import load_dataset
+from fedlora.local_training import aux_batches, get_runtime, get_splits
+from fedlora.models.diffusion import squared_error_map
+from fedlora.privacy.attacker import member_cross_entropy
+from fedlora.privacy.objectives import build_objective, smp_lora_loss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/paper-centralized.toml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--blocks", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=20, help="steps per block")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="docs/measurements/step_time.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, ["train.method='smp-lora'", *args.overrides])
+    runtime = get_runtime(cfg)
+    dataset = load_dataset(cfg.data)
+    split = get_splits(cfg).clients[0]
+    members = runtime.encode(dataset, split.members)
+    gen = torch.Generator().manual_seed(0)
+    batch = aux_batches(runtime, runtime.encode(dataset, split.member_aux), runtime.encode(dataset, split.nonmember_aux), gen)
+    objective = build_objective(cfg.train, cfg.privacy, members.latents[0].numel(), batch, seed=0)
+    unet, sched = runtime.unet, runtime.scheduler
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    bs = cfg.train.batch_size
+    z, c = members.latents[:bs], members.cond[:bs]
+    T = sched.config.num_train_timesteps
+
+    def draw():
+        return torch.randn(z.shape, generator=gen), torch.randint(0, T, (bs,), generator=gen)
+
+    def lora_step():
+        err = squared_error_map(unet, sched, z, c, *draw())
+        loss = err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def smp_step():
+        err = squared_error_map(unet, sched, z, c, *draw())
+        loss, _ = objective.loss(err)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective.after_step()
+
+    def smp_two_pass_step():
+        l_ada = squared_error_map(unet, sched, z, c, *draw()).mean()
+        gain = -member_cross_entropy(objective.attacker.model, squared_error_map(unet, sched, z, c, *draw()))
+        loss = smp_lora_loss(l_ada, gain, cfg.privacy.mi_lambda, cfg.privacy.stabilizer)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective.after_step()
+
+    kinds = {"lora": lora_step, "smp-lora": smp_step, "smp-2pass": smp_two_pass_step}
+    unet.train()
+    for fn in kinds.values():  # warm-up
+        for _ in range(3):
+            fn()
+    per_block: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.blocks):
+        for name, fn in kinds.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            per_block[name].append((time.perf_counter() - t0) / args.steps)
+    med = {k: statistics.median(v) for k, v in per_block.items()}
+    out = {
+        "command": "python " + " ".join(sys.argv),
+        "config": args.config,
+        "overrides": args.overrides,
+        "batch_size": bs,
+        "attacker_steps": cfg.privacy.attacker_steps,
+        "attacker_batch_size": cfg.privacy.attacker_batch_size,
+        "lora_rank": cfg.model.lora_rank,
+        "threads": args.threads,
+        "blocks": args.blocks,
+        "steps_per_block": args.steps,
+        "median_step_s": med,
+        "ratio_smp_over_lora": med["smp-lora"] / med["lora"],
+        "ratio_smp_2pass_over_lora": med["smp-2pass"] / med["lora"],
+        "torch": torch.__version__,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
