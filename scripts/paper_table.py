@@ -26,12 +26,12 @@ ATTACKS = ("learned-mlp", "learned-mlp-paper", "loss-threshold")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_dir(runs: Path, setting: str, method: str, seed: int) -> Path:
-    return runs / f"{setting}-{method}-s{seed}"
+def run_dir(runs: Path, setting: str, method: str, seed: int, tag: str = "") -> Path:
+    return runs / f"{setting}-{method}{tag}-s{seed}"
 
 
-def run_one(runs: Path, setting: str, method: str, seed: int, extra: list[str]) -> Path:
-    out = run_dir(runs, setting, method, seed)
+def run_one(runs: Path, setting: str, method: str, seed: int, extra: list[str], tag: str) -> Path:
+    out = run_dir(runs, setting, method, seed, tag)
     if (out / "summary.json").exists():
         print(f"[paper_table] reuse {out}")
         return out
@@ -57,13 +57,14 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int]) -> list[str]:
+def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int], tags: list[str]) -> list[str]:
     lines: list[str] = []
     for setting in settings:
         summaries = {}
         for method in methods:
-            found = [run_dir(runs, setting, method, s) / "summary.json" for s in seeds]
-            summaries[method] = [json.loads(p.read_text()) for p in found if p.exists()]
+            for tag in tags:
+                found = [run_dir(runs, setting, method, s, tag) / "summary.json" for s in seeds]
+                summaries[method + tag] = [json.loads(p.read_text()) for p in found if p.exists()]
         if not any(summaries.values()):
             continue
         any_summary = next(s for v in summaries.values() for s in v)
@@ -153,6 +154,8 @@ def main() -> int:
     ap.add_argument("--runs", default="runs/paper")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra section.key=value for every run")
     ap.add_argument("--out", default="docs/results.md")
+    ap.add_argument("--tag", default="", help="suffix for run folders and table rows, e.g. '-lam0.05' with --set")
+    ap.add_argument("--row-tags", nargs="*", default=[], help="tagged runs to add as rows of the table")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     runs = (ROOT / args.runs).resolve()
@@ -160,8 +163,9 @@ def main() -> int:
         for seed in args.seeds:
             for setting in args.settings:
                 for method in args.methods:
-                    run_one(runs, setting, method, seed, args.extra)
-    lines = header(args) + table(runs, args.settings, args.methods, args.seeds) + step_time()
+                    run_one(runs, setting, method, seed, args.extra, args.tag)
+    tags = list(dict.fromkeys(["", args.tag, *args.row_tags]))
+    lines = header(args) + table(runs, args.settings, args.methods, args.seeds, tags) + step_time()
     out = ROOT / args.out
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
