@@ -57,6 +57,24 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def client_table(summaries: dict[str, list[dict]]) -> list[str]:
+    rows = []
+    for method, runs_ in summaries.items():
+        clients = [c for r in runs_ for c in r["privacy"].get("clients", {}).values()]
+        if not clients:
+            continue
+        n = clients[0][next(iter(clients[0]))]
+        row = f"| {method} | {len(clients)} ({n['n_members']}+{n['n_nonmembers']} each) |"
+        for a in ATTACKS:
+            m = [c[a] for c in clients if a in c]
+            row += f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} |"
+        rows.append(row)
+    if not rows:
+        return []
+    header = "| method | client updates (D_te) |" + "".join(f" {a} ASR % | {a} \\|AUC−0.5\\|/0.5 |" for a in ATTACKS)
+    return [header, "|---|---|" + "---|---|" * len(ATTACKS), *rows]
+
+
 def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int], tags: list[str]) -> list[str]:
     lines: list[str] = []
     for setting in settings:
@@ -93,8 +111,12 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
                 row += f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} | " \
                        f"{_fmt([x['tpr_at_5pct_fpr'] for x in m], 100, 1)} | {_fmt([x['tpr_at_1pct_fpr'] for x in m], 100, 1)} |"
             lines.append(row)
+        client_rows = client_table(summaries)
+        if client_rows:
+            lines += ["", "Each client's last update as the server sees it (its own D_te; mean ± std over clients"
+                      " and seeds):", "", *client_rows]
         kid_n = [r["quality"].get("kid_fid_n_generated") for v in summaries.values() for r in v]
-        lines += ["", f"KID/FID from {kid_n[0]} generated vs. as many member images (2048-d Inception features)."
+        lines += ["", f"KID/FID from {int(kid_n[0])} generated vs. as many member images (2048-d Inception features)."
                   if kid_n and kid_n[0] else "", ""]
     return lines
 
@@ -118,6 +140,10 @@ def header(args: argparse.Namespace) -> list[str]:
         "attack draws). ASR and TPR in %, KID ×1. Lower is better for every column but the paper reports "
         "|AUC − 0.5| / 0.5 because a defence that inverts the signal leaks as much as one that keeps it.",
         "",
+        "Defence settings (both configs): λ = 1 and proxy-attacker lr 1e-4 — the paper's λ = 0.05 / 1e-5 did not act "
+        "within this 6,000-step budget (the config files say why). Each run's summary.json and metrics.jsonl are "
+        "copied to `docs/measurements/paper/<run>/` (runs/ itself is not versioned).",
+        "",
         "Attacks: `learned-mlp` = fresh MLP h′ on the loss map, epoch and threshold chosen on held-out aux data "
         "(honest); `learned-mlp-paper` = the same with the epoch chosen by test ASR (the paper's selection); "
         "`loss-threshold` = mean loss over 16 (t, ε) draws, threshold from aux.",
@@ -135,7 +161,8 @@ def step_time() -> list[str]:
         "## Step time: SMP-LoRA vs LoRA",
         "",
         f"`{m['command']}` (same batch of {m['batch_size']}, same process, {m['blocks']} interleaved blocks of "
-        f"{m['steps_per_block']} steps, {m['threads']} thread; medians):",
+        f"{m['steps_per_block']} steps, {m['threads']} thread; medians; other jobs may share the cores, which "
+        "is why only the ratios, measured in one run, are meaningful):",
         "",
         "| step | median s | ratio to LoRA |",
         "|---|---|---|",
@@ -165,6 +192,13 @@ def main() -> int:
                 for method in args.methods:
                     run_one(runs, setting, method, seed, args.extra, args.tag)
     tags = list(dict.fromkeys(["", args.tag, *args.row_tags]))
+    keep = ROOT / "docs/measurements/paper"
+    for summary in sorted(runs.glob("*/summary.json")):
+        dst = keep / summary.parent.name
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "metrics.jsonl", "config.toml"):
+            if (summary.parent / name).exists():
+                (dst / name).write_bytes((summary.parent / name).read_bytes())
     lines = header(args) + table(runs, args.settings, args.methods, args.seeds, tags) + step_time()
     out = ROOT / args.out
     out.write_text("\n".join(lines) + "\n")
