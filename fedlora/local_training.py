@@ -25,7 +25,7 @@ from .models.diffusion import (
     training_scheduler,
 )
 from .models.lora import attach_lora, load_lora_state, lora_state
-from .privacy.attacker import MEMBER, NONMEMBER
+from .privacy.attacker import membership_labels
 from .privacy.objectives import AttackBatchFn, Objective, build_objective
 
 
@@ -179,15 +179,9 @@ def aux_batches(runtime: ModelRuntime, members: EncodedSamples, nonmembers: Enco
         ni = torch.randint(0, len(nonmembers), (k,), generator=gen)
         latents = torch.cat([members.latents[mi], nonmembers.latents[ni]])
         cond = torch.cat([members.cond[mi], nonmembers.cond[ni]])
-        maps = loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen)
-        labels = torch.tensor([MEMBER] * k + [NONMEMBER] * k)
-        return maps, labels
+        return loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen), membership_labels(k, k)
 
     return batch
-
-
-def balanced_labels(n_members: int, n_nonmembers: int) -> torch.Tensor:
-    return torch.tensor([MEMBER] * n_members + [NONMEMBER] * n_nonmembers)
 
 
 @dataclass
@@ -239,6 +233,6 @@ def client_round(
         test_n = runtime.encode(dataset, split.nonmember_test)
         maps = torch.cat([runtime.loss_maps(test_m, gen), runtime.loss_maps(test_n, gen)])
         attacker = objective.attacker  # type: ignore[attr-defined]
-        stats.extra["attacker_test_acc"] = attacker.accuracy(maps, balanced_labels(len(test_m), len(test_n)))
+        stats.extra["attacker_test_acc"] = attacker.accuracy(maps, membership_labels(len(test_m), len(test_n)))
         stats.extra["attacker_updates"] = float(attacker.updates)
     return ClientRoundResult(state=runtime.get_lora(), stats=stats, objective_state=objective.state_dict())

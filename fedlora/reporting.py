@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .config import ExperimentConfig
+from .config import EMBEDDED_BASE, ExperimentConfig
 from .data import Splits, load_dataset, public_subset
 from .evaluation.quality import caption_probe_or_none
 from .evaluation.samples import generate, save_grid
@@ -48,7 +48,8 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> dict[str, Any]:
         "num_clients": cfg.federation.num_clients,
         "rounds": cfg.federation.rounds,
         "seed": cfg.run.seed,
-        "base_model": resolve_base_model(cfg.model.base_model),
+        # the embedded base keeps its name: its install path is machine-specific
+        "base_model": EMBEDDED_BASE if cfg.model.base_model == EMBEDDED_BASE else resolve_base_model(cfg.model.base_model),
         "dataset": cfg.data.dataset,
         "privacy": result.privacy,
         "quality": result.quality,

@@ -38,7 +38,7 @@ def run_one(runs: Path, setting: str, method: str, seed: int, extra: list[str], 
     cmd = [
         str(ROOT / ".venv/bin/fedlora"), "run", SETTINGS[setting],
         "--set", f"train.method='{method}'", "--set", f"run.seed={seed}",
-        "--set", f"run.name='{out.name}'", "--set", f"run.output_dir='{runs}'", *sum((["--set", e] for e in extra), []),
+        "--set", f"run.name='{out.name}'", "--set", f"run.output_dir='{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}'", *sum((["--set", e] for e in extra), []),
     ]
     print("[paper_table] " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()

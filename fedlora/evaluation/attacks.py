@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..config import EvaluationConfig
-from ..privacy.attacker import MEMBER, NONMEMBER, MembershipMLP
+from ..privacy.attacker import MembershipMLP, membership_labels
 from .leakage import best_threshold, leakage_metrics, roc_points
 
 PAPER, HONEST, LOSS = "learned-mlp-paper", "learned-mlp", "loss-threshold"
@@ -60,9 +60,6 @@ class Samples:
     def concat(parts: Sequence[SampleSet]) -> "Samples":
         return Samples(torch.cat([p.latents for p in parts]), torch.cat([p.cond for p in parts]))
 
-    def subset(self, idx: torch.Tensor) -> "Samples":
-        return Samples(self.latents[idx], self.cond[idx])
-
 
 @dataclass
 class AttackSets:
@@ -80,10 +77,6 @@ class AttackResult:
     details: dict[str, float] = field(default_factory=dict)
 
 
-def _labels(n_members: int, n_nonmembers: int) -> torch.Tensor:
-    return torch.tensor([MEMBER] * n_members + [NONMEMBER] * n_nonmembers)
-
-
 def _result(scores: np.ndarray, is_member: np.ndarray, threshold: float, **details: float) -> AttackResult:
     fpr, tpr = roc_points(scores, is_member)
     return AttackResult(leakage_metrics(scores, is_member, threshold), fpr, tpr, {"threshold": threshold, **details})
@@ -92,7 +85,7 @@ def _result(scores: np.ndarray, is_member: np.ndarray, threshold: float, **detai
 def loss_threshold_attack(model: LossModel, sets: AttackSets, draws: int, seed: int) -> AttackResult:
     def scores(members: SampleSet, nonmembers: SampleSet, s: int) -> tuple[np.ndarray, np.ndarray]:
         loss = torch.cat([model.mean_loss(members, draws, s), model.mean_loss(nonmembers, draws, s + 1)])
-        return -loss.numpy(), _labels(len(members), len(nonmembers)).numpy().astype(bool)
+        return -loss.numpy(), membership_labels(len(members), len(nonmembers)).numpy().astype(bool)
 
     aux_scores, aux_member = scores(sets.member_aux, sets.nonmember_aux, seed)
     test_scores, test_member = scores(sets.member_test, sets.nonmember_test, seed + 2)
@@ -116,7 +109,7 @@ class _MlpRun:
         ni = _cycled_permutation(len(nonmember_maps), n, gen)
         for i in range(0, n, batch):
             x = torch.cat([member_maps[mi[i : i + batch]], nonmember_maps[ni[i : i + batch]]])
-            y = _labels(len(mi[i : i + batch]), len(ni[i : i + batch]))
+            y = membership_labels(len(mi[i : i + batch]), len(ni[i : i + batch]))
             loss = F.cross_entropy(self.model(x), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -145,17 +138,16 @@ def learned_mlp_attacks(
 ) -> dict[str, AttackResult]:
     """Train h' for ``cfg.attack_epochs`` epochs; return the paper's and/or the honest selection."""
     gen = torch.Generator().manual_seed(seed)
-    m_aux = Samples.concat([sets.member_aux])
-    n_aux = Samples.concat([sets.nonmember_aux])
+    m_aux, n_aux = sets.member_aux, sets.nonmember_aux
     m_fit, m_val = _split_val(len(m_aux), cfg.attack_val_fraction, gen)
     n_fit, n_val = _split_val(len(n_aux), cfg.attack_val_fraction, gen)
     test = Samples.concat([sets.member_test, sets.nonmember_test])
-    test_member = _labels(len(sets.member_test), len(sets.nonmember_test)).numpy().astype(bool)
-    val_member = _labels(len(m_val), len(n_val)).numpy().astype(bool)
+    test_member = membership_labels(len(sets.member_test), len(sets.nonmember_test)).numpy().astype(bool)
+    val_member = membership_labels(len(m_val), len(n_val)).numpy().astype(bool)
     in_features = sets.member_aux.latents[0].numel()
     runs = {name: _MlpRun(in_features, cfg, seed + i) for i, name in enumerate((PAPER, HONEST)) if name in want}
     history: dict[str, list] = {name: [] for name in runs}
-    def maps(samples: Samples) -> torch.Tensor:
+    def maps(samples: SampleSet) -> torch.Tensor:
         draws = [model.loss_maps(samples, gen) for _ in range(cfg.attack_feature_draws)]
         return torch.stack(draws).mean(0) if len(draws) > 1 else draws[0]
 

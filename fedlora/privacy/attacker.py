@@ -20,6 +20,11 @@ _OPT_PREFIX = "adam."
 _NET_PREFIX = "mlp."
 
 
+def membership_labels(n_members: int, n_nonmembers: int) -> torch.Tensor:
+    """Class labels of a batch laid out members first, then non-members."""
+    return torch.tensor([MEMBER] * n_members + [NONMEMBER] * n_nonmembers)
+
+
 class MembershipMLP(nn.Module):
     def __init__(self, in_features: int, dropout: float = 0.5, hidden: tuple[int, ...] = HIDDEN):
         super().__init__()
