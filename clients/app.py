@@ -11,12 +11,30 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 
 from fedlora.config import loads_config
 from fedlora.local_training import client_round
-from fedlora.protocol import ARRAYS, CLIENT_STATE, CONFIG, CONFIG_KEY, METRICS, NUM_EXAMPLES, OBJECTIVE_STATE, PARTITION_ID
+from fedlora.protocol import (
+    ARRAYS, CLIENT_STATE, CONFIG, CONFIG_KEY, DP_STATE, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, OBJECTIVE_STATE, PARTITION_ID,
+    RULE_STATE,
+)
 
-app = ClientApp()
+
+def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
+    """Flower's client-side update clipping, only for runs whose server sends a clipping norm (dp-fedavg)."""
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    if msg.metadata.message_type.startswith("train") and CONFIG in msg.content and KEY_CLIPPING_NORM in msg.content[CONFIG]:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[clipping_when_asked])
+
+
+def _state(context: Context, key: str) -> dict[str, torch.Tensor] | None:
+    return context.state[key].to_torch_state_dict() if key in context.state else None
 
 
 def partition_id(context: Context) -> int:
@@ -36,11 +54,14 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     pid = partition_id(context)
     server_round = int(msg.content[CONFIG]["server-round"])
-    global_state = msg.content[ARRAYS].to_torch_state_dict()
-    objective_state = context.state[OBJECTIVE_STATE].to_torch_state_dict() if OBJECTIVE_STATE in context.state else None
-    result = client_round(cfg, pid, global_state, server_round, objective_state)
-    if result.objective_state:
-        context.state[OBJECTIVE_STATE] = ArrayRecord(result.objective_state)
+    payload = msg.content[ARRAYS].to_torch_state_dict()
+    result = client_round(
+        cfg, pid, payload, server_round,
+        objective_state=_state(context, OBJECTIVE_STATE), kept=_state(context, RULE_STATE), dp_state=_state(context, DP_STATE),
+    )
+    for key, arrays in ((OBJECTIVE_STATE, result.objective_state), (RULE_STATE, result.kept), (DP_STATE, result.dp_state)):
+        if arrays:
+            context.state[key] = ArrayRecord(arrays)
     rounds_trained = int(context.state[CLIENT_STATE]["rounds-trained"]) if CLIENT_STATE in context.state else 0
     context.state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
     s = result.stats
@@ -55,4 +76,6 @@ def train(msg: Message, context: Context) -> Message:
         "rounds_trained": rounds_trained + 1,
         **s.extra,
     }
-    return Message(RecordDict({ARRAYS: ArrayRecord(result.state), METRICS: MetricRecord(metrics)}), reply_to=msg)
+    # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
+    arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
+    return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)

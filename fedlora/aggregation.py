@@ -1,12 +1,9 @@
 """Aggregation rules on LoRA factors: pure array math, no Flower import.
 
 Each rule maps the clients' adapter states (``name -> array``) and their weights to the
-next global state. Rules are chosen by ``federation.aggregation``.
-
-Only ``fedavg`` is registered in ``AGGREGATORS`` so far; ``ffa``, ``fedsa``, ``flora_stack`` and
-``svd_refactor`` are the other rules' math, tested against their defining identities, waiting
-for their client/server wiring. None of the rules applies
-peft's scaling s = lora_alpha / r implicitly: products are bare B·A unless ``scalings`` is given.
+next global state; ``fedlora.rules`` says what each rule's server and clients send, train and
+keep. None of the rules applies peft's scaling s = lora_alpha / r implicitly: products are bare
+B·A unless ``scalings`` is given.
 """
 
 from __future__ import annotations
@@ -281,15 +278,27 @@ def svd_refactor(
 ) -> list[dict[str, np.ndarray]]:
     """FlexLoRA-style (Bai et al., NeurIPS 2024): SVD of the mean update, truncated per rank.
 
-    Per module ``W = Σₖ pₖ sₖ Bₖ Aₖ = U S Vᵀ`` (ranks rₖ may differ between clients). For each
-    requested rank r the returned state has ``B = U_r √S_r``, ``A = √S_r V_rᵀ`` (divided by
-    √out_scaling each when given, so that ``out_scaling · B @ A`` is the truncation), which is the
-    best rank-r approximation of W (Eckart–Young: ‖W − B A‖²_F = Σ_{i>r} σᵢ²) and exact when
-    r ≥ rank W. A requested r above min(d_out, d_in) is zero-padded to shape. Splitting √S onto
-    both factors keeps them balanced for further training.
+    Per module ``W = Σₖ pₖ sₖ Bₖ Aₖ`` (ranks rₖ may differ between clients), then
+    :func:`truncate` to every requested rank. Returns one state per entry of ``ranks``.
+    """
+    return truncate(mean_delta(states, weights, scalings), ranks, lora_pairs(states[0]), out_scalings, _dtype(states))
 
-    Returns one state per entry of ``ranks`` (same key names). ``out_scalings[j]`` should be the
-    scaling lora_alpha / ranks[j] the receiving adapter will apply; default 1 (bare product).
+
+def truncate(
+    target: Mapping[str, np.ndarray],
+    ranks: Sequence[int],
+    like: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out_scalings: Sequence[float] | None = None,
+    dtype=np.float32,
+) -> list[dict[str, np.ndarray]]:
+    """Best rank-r LoRA factors of dense updates ``W = U S Vᵀ``, one state per requested rank.
+
+    ``B = U_r √S_r``, ``A = √S_r V_rᵀ`` (each divided by √out_scaling when given, so that
+    ``out_scaling · B @ A`` is the truncation): Eckart–Young, ‖W − B A‖²_F = Σ_{i>r} σᵢ², exact when
+    r ≥ rank W. A requested r above min(d_out, d_in) is zero-padded to shape. Splitting √S onto
+    both factors keeps them balanced for further training. ``like`` gives each module's template
+    pair (kernel shape of conv LoRA); ``out_scalings[j]`` is the lora_alpha / ranks[j] the
+    receiving adapter applies (default 1: the bare product).
     """
     ranks = [int(r) for r in ranks]
     if not ranks or any(r < 1 for r in ranks):
@@ -297,13 +306,10 @@ def svd_refactor(
     out_s = _client_scalings(out_scalings, len(ranks), per="requested rank")
     if np.any(out_s <= 0):
         raise ValueError(f"out_scalings must be positive, got {list(out_scalings or [])}")
-    target = mean_delta(states, weights, scalings)
-    paired0 = lora_pairs(states[0])
-    dtype = _dtype(states)
     outs: list[dict[str, np.ndarray]] = [{} for _ in ranks]
     for prefix, w in target.items():
-        u, sv, vt = np.linalg.svd(w, full_matrices=False)
-        a0, b0 = paired0[prefix]
+        u, sv, vt = np.linalg.svd(np.asarray(w, dtype=np.float64), full_matrices=False)
+        a0, b0 = like[prefix]
         for j, (r, so) in enumerate(zip(ranks, out_s)):
             m = min(r, len(sv))
             root = np.sqrt(sv[:m] / so)
@@ -315,6 +321,47 @@ def svd_refactor(
             outs[j][lora_key(prefix, "A")] = a_out.astype(dtype)
             outs[j][lora_key(prefix, "B")] = b_out.astype(dtype)
     return outs
+
+
+def numerical_rank(target: Mapping[str, np.ndarray], rtol: float = 1e-6) -> int:
+    """The largest number of singular values above ``rtol·σ_max`` over modules (at least 1)."""
+    best = 1
+    for w in target.values():
+        sv = np.linalg.svd(np.asarray(w, dtype=np.float64), compute_uv=False)
+        if len(sv) and sv[0] > 0:
+            best = max(best, int(np.sum(sv > rtol * sv[0])))
+    return best
+
+
+def fill_dead_directions(state: State, init: State) -> dict[str, np.ndarray]:
+    """Give rank slots whose A row and B column are both zero the init's A row (B stays 0).
+
+    A truncated SVD of a rank-deficient mean (round 1's W is 0) yields all-zero pairs, whose
+    gradients are zero forever; this restarts them like a fresh LoRA. B·A is unchanged exactly.
+    """
+    out = {k: np.array(v, copy=True) for k, v in state.items()}
+    for prefix, (a, b) in lora_pairs(state).items():
+        a_init = np.asarray(init[lora_key(prefix, "A")])
+        if a_init.shape != a.shape:
+            raise ValueError(f"{prefix}: init A {a_init.shape} does not match A {a.shape}")
+        a_mat, b_mat = to_matrices(a, b)
+        dead = ~np.any(a_mat != 0, axis=1) & ~np.any(b_mat != 0, axis=0)
+        if dead.any():
+            a_new = a_mat.copy()
+            a_new[dead] = a_init.reshape(a_init.shape[0], -1)[dead]
+            out[lora_key(prefix, "A")] = a_new.reshape(a.shape).astype(a.dtype)
+    return out
+
+
+def concat_ranks(stacks: Sequence[State]) -> dict[str, np.ndarray]:
+    """Concatenate LoRA states along the rank axis: the product is the SUM of their products.
+
+    How FLoRA delivers several rounds' stacks at once to a client that missed rounds.
+    """
+    if len(stacks) == 1:
+        return {k: np.array(v, copy=True) for k, v in stacks[0].items()}
+    m = len(stacks)
+    return flora_stack(stacks, [1.0] * m, scalings=[float(m)] * m)
 
 
 def fedsa(states: Sequence[State], weights: Sequence[float]) -> dict[str, np.ndarray]:
@@ -343,15 +390,3 @@ def fedsa(states: Sequence[State], weights: Sequence[float]) -> dict[str, np.nda
     return {key: _weighted_mean([s[key] for s in a_states], p).astype(dtype) for key in a_states[0]}
 
 
-# Only rules that run end to end are selectable; ffa (clients must freeze a shared A), fedsa
-# (clients keep B in their state), flora_stack and svd_refactor wait for their client/server
-# wiring (issue 4) and are pure, tested math until then.
-AGGREGATORS: dict[str, Callable[[Sequence[State], Sequence[float]], dict[str, np.ndarray]]] = {
-    "fedavg": fedavg,
-}
-
-
-def aggregate(rule: str, states: Sequence[State], weights: Sequence[float]) -> dict[str, np.ndarray]:
-    if rule not in AGGREGATORS:
-        raise ValueError(f"federation.aggregation = {rule!r} is unknown; choose one of {sorted(AGGREGATORS)}")
-    return AGGREGATORS[rule](states, weights)

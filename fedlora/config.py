@@ -49,6 +49,9 @@ class ModelConfig:
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # How A starts (B always starts at 0): peft's Kaiming-uniform, or N(0, 1/r) as the
+    # implicit-DP argument of arXiv 2409.17538 assumes.
+    lora_a_init: Literal["kaiming-uniform", "gaussian"] = "kaiming-uniform"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,15 @@ class PrivacyConfig:
     attacker_learning_rate: float = 1e-5
     attacker_weight_decay: float = 1e-4
     attacker_dropout: float = 0.5
+    # Differential privacy. dp-fedavg: Flower's central DP wrapper (update clipping at
+    # dp_max_grad_norm + Gaussian noise, RDP accountant, user-level); dp-lora: per-sample DP-SGD on
+    # the LoRA parameters with Opacus (sample-level, per client); implicit-dp: A frozen at
+    # N(0, 1/r) and B-gradient rows scaled to dp_max_grad_norm (a heuristic, never a formal epsilon).
+    dp: Literal["none", "dp-fedavg", "dp-lora", "implicit-dp"] = "none"
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
+    dp_clipping: Literal["server", "client"] = "server"  # dp-fedavg: who clips the updates
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,10 @@ class FederationConfig:
     num_clients: int = 8
     rounds: int = 5
     fraction_train: float = 1.0
-    aggregation: Literal["fedavg"] = "fedavg"
+    aggregation: Literal["fedavg", "ffa", "flora", "svd", "fedsa"] = "fedavg"
+    # LoRA rank per client for the heterogeneous-rank rules (svd, flora), cycled over client ids;
+    # empty: every client uses model.lora_rank.
+    client_ranks: tuple[int, ...] = ()
     round_timeout_s: float = 3600.0
 
 
@@ -202,6 +217,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "privacy.attacker_learning_rate": (1e-12, None),
     "privacy.attacker_weight_decay": (0.0, None),
     "privacy.attacker_dropout": (0.0, 0.99),
+    "privacy.dp_noise_multiplier": (0.0, None),
+    "privacy.dp_max_grad_norm": (1e-12, None),
+    "privacy.dp_delta": (1e-15, 0.5),
     "pretrain.vae_steps": (0, None),
     "pretrain.vae_batch_size": (1, None),
     "pretrain.vae_learning_rate": (1e-12, None),
@@ -220,9 +238,15 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {list(allowed)}")
         return value
     if origin is tuple:
+        item = get_args(annotation)[0]
+        if item is int:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+            if any(v < 1 for v in value):
+                raise ConfigError(f"{key} = {list(value)!r}: every entry must be at least 1")
+            return tuple(value)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-        item = get_args(annotation)[0]
         if get_origin(item) is Literal:
             bad = [v for v in value if v not in get_args(item)]
             if bad:
@@ -287,6 +311,31 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
     for key in ("members_per_client", "nonmembers_per_client"):
         if getattr(cfg.data, key) % 2:
             raise ConfigError(f"data.{key} must be even (half aux, half test), got {getattr(cfg.data, key)}")
+    rule, dp = cfg.federation.aggregation, cfg.privacy.dp
+    if cfg.federation.client_ranks and rule not in ("svd", "flora"):
+        raise ConfigError(
+            f"federation.client_ranks = {list(cfg.federation.client_ranks)} needs a heterogeneous-rank rule "
+            f"(federation.aggregation = 'svd' or 'flora'), not {rule!r}"
+        )
+    if dp == "dp-fedavg":
+        if rule != "fedavg":
+            raise ConfigError(f"privacy.dp = 'dp-fedavg' needs federation.aggregation = 'fedavg' (Flower's accounted DP wrapper), not {rule!r}")
+        if cfg.privacy.dp_noise_multiplier <= 0:
+            raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+    if dp == "dp-lora" and cfg.privacy.dp_noise_multiplier <= 0:
+        raise ConfigError("privacy.dp = 'dp-lora' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+    if dp == "dp-lora" and cfg.train.method != "lora":
+        raise ConfigError(
+            f"privacy.dp = 'dp-lora' with train.method = {cfg.train.method!r} is refused: the proxy attacker trains on "
+            "member aux samples outside DP-SGD, so the LoRA update would depend on members through the attacker and "
+            "the reported epsilon would not cover it. Use train.method = 'lora' (or dp-fedavg, whose client-level "
+            "clipping covers everything a client sends)."
+        )
+    if dp == "implicit-dp" and (rule != "ffa" or cfg.model.lora_a_init != "gaussian"):
+        raise ConfigError(
+            "privacy.dp = 'implicit-dp' needs A frozen at N(0, 1/r): set federation.aggregation = 'ffa' and "
+            f"model.lora_a_init = 'gaussian' (got {rule!r} and {cfg.model.lora_a_init!r})"
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -6,6 +6,7 @@ adapter once, and caches each client's encoded samples, so a round costs only tr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -24,9 +25,10 @@ from .models.diffusion import (
     squared_error_map,
     training_scheduler,
 )
-from .models.lora import attach_lora, load_lora_state, lora_state
+from .models.lora import LORA_B, BaseDeltas, ModelView, attach_lora, init_lora, load_lora_state, lora_state, set_trainable
 from .privacy.attacker import membership_labels
 from .privacy.objectives import AttackBatchFn, Objective, build_objective
+from .rules import client_keep, client_rank, client_setup, client_upload, traits
 
 
 def round_seed(*parts: int) -> int:
@@ -72,10 +74,14 @@ def check_base_matches_data(cfg: ExperimentConfig) -> None:
 class ModelRuntime:
     """Base pipeline + LoRA adapter + encoded samples, built once per process and config."""
 
-    def __init__(self, cfg: ExperimentConfig):
-        self.pipe = load_pipeline(cfg.model.base_model, cached=False)
-        attach_lora(self.pipe.unet, cfg.model, seed=cfg.run.seed)
+    def __init__(self, cfg: ExperimentConfig, rank: int | None = None):
+        model = cfg.model if rank is None else dataclasses.replace(cfg.model, lora_rank=rank)
+        self.pipe = load_pipeline(model.base_model, cached=False)
+        attach_lora(self.pipe.unet, model, seed=cfg.run.seed)
         self.scheduler = training_scheduler(self.pipe)
+        self.base = BaseDeltas(self.pipe.unet)
+        self.initial = lora_state(self.pipe.unet)  # the run seed's adapter, the same on every client
+        self.scaling = model.lora_alpha / model.lora_rank
         self._encoded: dict[tuple[str, ...], EncodedSamples] = {}
 
     @property
@@ -94,7 +100,15 @@ class ModelRuntime:
         return self._encoded[key]
 
     def set_lora(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_lora_state(self.unet, state)
+        self.show(ModelView(lora=state))
+
+    def show(self, view: ModelView) -> None:
+        """Make the UNet compute ``view``'s model: base (+ dense deltas) + its LoRA (or B = 0)."""
+        self.base.set(view.deltas)
+        if view.lora is not None:
+            load_lora_state(self.unet, {k: torch.as_tensor(np.asarray(v)) for k, v in view.lora.items()})
+        else:
+            load_lora_state(self.unet, {k: torch.zeros_like(v) if LORA_B in k else v for k, v in self.initial.items()})
 
     def get_lora(self) -> dict[str, torch.Tensor]:
         return lora_state(self.unet)
@@ -111,10 +125,13 @@ _RUNTIMES: dict[tuple, ModelRuntime] = {}
 _SPLITS: dict[tuple, Splits] = {}
 
 
-def get_runtime(cfg: ExperimentConfig) -> ModelRuntime:
-    key = (cfg.model.base_model, cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_targets)
+def get_runtime(cfg: ExperimentConfig, rank: int | None = None) -> ModelRuntime:
+    """The process's runtime for this model (and LoRA rank, default ``model.lora_rank``)."""
+    rank = cfg.model.lora_rank if rank is None else rank
+    m = cfg.model
+    key = (m.base_model, rank, m.lora_alpha, m.lora_targets, m.lora_a_init, cfg.run.seed)
     if key not in _RUNTIMES:
-        _RUNTIMES[key] = ModelRuntime(cfg)
+        _RUNTIMES[key] = ModelRuntime(cfg, rank)
     return _RUNTIMES[key]
 
 
@@ -125,10 +142,26 @@ def get_splits(cfg: ExperimentConfig) -> Splits:
     return _SPLITS[key]
 
 
+def scale_b_gradient_rows(unet, norm: float) -> None:
+    """Implicit DP (arXiv 2409.17538): every row of each B gradient rescaled to ``norm``.
+
+    With A frozen at N(0, 1/r), a B-gradient row gᵢAᵀ has the norm of the full-gradient row gᵢ in
+    expectation (Johnson–Lindenstrauss); fixing it makes the projection noise's scale fixed.
+    """
+    for name, param in unet.named_parameters():
+        if LORA_B in name and param.grad is not None:
+            rows = param.grad.reshape(param.grad.shape[0], -1)
+            rows.mul_(norm / rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 def train_lora(
-    runtime: ModelRuntime, samples: EncodedSamples, train: TrainConfig, objective: Objective, seed: int
+    runtime: ModelRuntime, samples: EncodedSamples, train: TrainConfig, objective: Objective, seed: int,
+    b_row_norm: float | None = None,
 ) -> TrainStats:
-    """``train.local_steps`` AdamW steps on the LoRA parameters; batches cycle through shuffled members."""
+    """``train.local_steps`` AdamW steps on the trainable LoRA factors; batches cycle through shuffled members.
+
+    ``b_row_norm`` switches to implicit-DP gradient scaling (instead of global-norm clipping).
+    """
     started = time.perf_counter()
     unet = runtime.unet
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -152,7 +185,9 @@ def train_lora(
         loss, metrics = objective.loss(err)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if train.max_grad_norm > 0:
+        if b_row_norm is not None:
+            scale_b_gradient_rows(unet, b_row_norm)
+        elif train.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         opt.step()
         metrics.update(objective.after_step())
@@ -186,26 +221,42 @@ def aux_batches(runtime: ModelRuntime, members: EncodedSamples, nonmembers: Enco
 
 @dataclass
 class ClientRoundResult:
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]  # the trained adapter (this client's rank)
     stats: TrainStats
     objective_state: dict[str, torch.Tensor]
+    upload: dict[str, torch.Tensor] = field(default_factory=dict)  # what the rule sends to the server
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)  # what the rule keeps on the client
+    eval_only: dict[str, torch.Tensor] = field(default_factory=dict)  # for the audit, never aggregated
+    dp_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _numpy(state: Mapping[str, torch.Tensor | np.ndarray] | None) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in (state or {}).items()}
+
+
+def _torch(state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
 
 
 def client_round(
     cfg: ExperimentConfig,
     client_id: int,
-    global_state: Mapping[str, torch.Tensor],
+    payload: Mapping[str, torch.Tensor],
     server_round: int,
     objective_state: Mapping[str, torch.Tensor] | None = None,
+    kept: Mapping[str, torch.Tensor] | None = None,
+    dp_state: Mapping[str, torch.Tensor] | None = None,
 ) -> ClientRoundResult:
-    """Load the global adapter, train on this client's members, return the new adapter.
+    """Build the adapter from what the server sent (``payload``) and what this client kept, train
+    on its members, and return what the aggregation rule uploads and keeps.
 
     With MP-/SMP-LoRA the client's proxy attacker continues from ``objective_state`` (its
     previous round) and is scored afterwards on the client's own D_te (one (t, eps) draw).
     """
     if not 0 <= client_id < cfg.federation.num_clients:
         raise ValueError(f"client id {client_id} is outside 0..{cfg.federation.num_clients - 1} (federation.num_clients)")
-    runtime = get_runtime(cfg)
+    rule = traits(cfg.federation.aggregation)
+    runtime = get_runtime(cfg, client_rank(cfg, client_id))
     split = get_splits(cfg).clients[client_id]
     dataset = load_dataset(cfg.data)
     members = runtime.encode(dataset, split.members)
@@ -226,8 +277,25 @@ def client_round(
     )
     if objective_state:
         objective.load_state_dict(dict(objective_state))
-    runtime.set_lora(global_state)
-    stats = train_lora(runtime, members, cfg.train, objective, seed)
+    if rule.fresh_lora:  # FLoRA: a new adapter every round on top of the merged base
+        init_lora(runtime.unet, round_seed(cfg.run.seed, client_id, server_round, 3), cfg.model.lora_a_init)
+        init = _numpy(lora_state(runtime.unet))
+    else:
+        init = _numpy(runtime.initial)
+    setup = client_setup(cfg, client_id, server_round, _numpy(payload), _numpy(kept), init)
+    runtime.base.set(setup.base_deltas)
+    load_lora_state(runtime.unet, _torch(setup.adapter))
+    implicit = cfg.privacy.dp == "implicit-dp"
+    set_trainable(runtime.unet, train_a=rule.train_a and not implicit)
+    dp_out: dict[str, torch.Tensor] = {}
+    try:
+        if cfg.privacy.dp == "dp-lora":
+            stats, dp_out = train_lora_local_dp(runtime, members, cfg, seed, dp_state)
+        else:
+            stats = train_lora(runtime, members, cfg.train, objective, seed,
+                               b_row_norm=cfg.privacy.dp_max_grad_norm if implicit else None)
+    finally:
+        set_trainable(runtime.unet, train_a=True)
     if private:
         test_m = runtime.encode(dataset, split.member_test)
         test_n = runtime.encode(dataset, split.nonmember_test)
@@ -235,4 +303,42 @@ def client_round(
         attacker = objective.attacker  # type: ignore[attr-defined]
         stats.extra["attacker_test_acc"] = attacker.accuracy(maps, membership_labels(len(test_m), len(test_n)))
         stats.extra["attacker_updates"] = float(attacker.updates)
-    return ClientRoundResult(state=runtime.get_lora(), stats=stats, objective_state=objective.state_dict())
+    trained = runtime.get_lora()
+    trained_np = _numpy(trained)
+    eval_only = _torch(client_keep(cfg, trained_np, setup)) if rule.keeps_b else {}
+    return ClientRoundResult(
+        state=trained,
+        stats=stats,
+        objective_state=objective.state_dict(),
+        upload=_torch(client_upload(cfg, trained_np)),
+        kept={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in client_keep(cfg, trained_np, setup).items()},
+        eval_only=eval_only,
+        dp_state=dp_out,
+    )
+
+
+DP_HISTORY = "rdp-history"
+
+
+def train_lora_local_dp(
+    runtime: ModelRuntime, members: EncodedSamples, cfg: ExperimentConfig, seed: int,
+    dp_state: Mapping[str, torch.Tensor] | None,
+) -> tuple[TrainStats, dict[str, torch.Tensor]]:
+    """dp-lora: Opacus DP-SGD on the LoRA factors; the client's RDP history continues across rounds."""
+    from .privacy.dp_sgd import DpSgdSettings, history_from_array, history_to_array, train_lora_dp
+
+    p = cfg.privacy
+    history = history_from_array(dp_state[DP_HISTORY].numpy()) if dp_state and DP_HISTORY in dp_state else None
+    res = train_lora_dp(
+        runtime.unet, runtime.scheduler, members.latents, members.cond,
+        steps=cfg.train.local_steps, batch_size=cfg.train.batch_size, learning_rate=cfg.train.learning_rate,
+        settings=DpSgdSettings(p.dp_noise_multiplier, p.dp_max_grad_norm, p.dp_delta), seed=seed,
+        accountant_history=history,
+    )
+    losses = [x for x in res.losses if np.isfinite(x)] or [float("nan")]
+    stats = TrainStats(
+        num_examples=len(members), steps=res.steps, loss_first=losses[0], loss_last=losses[-1],
+        loss_mean=float(np.mean(losses)), seconds=res.seconds,
+        extra={"dp_epsilon": res.epsilon, "dp_sample_rate": res.sample_rate, "dp_mean_batch": float(np.mean(res.batch_sizes))},
+    )
+    return stats, {DP_HISTORY: torch.from_numpy(history_to_array(res.accountant_history))}

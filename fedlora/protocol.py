@@ -8,3 +8,6 @@ METRICS = "metrics"
 CONFIG = "config"
 OBJECTIVE_STATE = "objective-state"
 CLIENT_STATE = "client-state"
+EVAL_ONLY_PREFIX = "eval-only/"  # keys of arrays sent for the audit only (FedSA-LoRA B); never aggregated
+RULE_STATE = "rule-state"  # what the aggregation rule keeps on a client (FedSA B, FLoRA merged update)
+DP_STATE = "dp-state"  # a client's DP-SGD accountant history

@@ -8,7 +8,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .config import EMBEDDED_BASE, ExperimentConfig
+import dataclasses
+
+from .aggregation import delta_weights, lora_pairs, numerical_rank, truncate
+from .config import EMBEDDED_BASE, ExperimentConfig, ModelConfig
+from .models.lora import ModelView
+from .rules import client_rank
 from .data import Splits, load_dataset, public_subset
 from .evaluation.quality import caption_probe_or_none
 from .evaluation.samples import generate, save_grid
@@ -29,8 +34,24 @@ class RunTimings:
 
 @dataclass
 class Communication:
+    """Mean bytes per participating client and round; eval-only bytes (FedSA's B for the audit) apart."""
+
     bytes_up_per_client_round: float = 0.0
     bytes_down_per_client_round: float = 0.0
+    bytes_eval_only_per_client_round: float = 0.0
+    bytes_down_per_client_round_max: float = 0.0
+
+    @classmethod
+    def from_rounds(cls, rounds: list[dict]) -> "Communication":
+        def mean(key: str) -> float:
+            return float(np.mean([r.get(key, 0.0) for r in rounds])) if rounds else 0.0
+
+        return cls(
+            bytes_up_per_client_round=mean("bytes_up_per_client"),
+            bytes_down_per_client_round=mean("bytes_down_per_client"),
+            bytes_eval_only_per_client_round=mean("bytes_eval_only_per_client"),
+            bytes_down_per_client_round_max=max((r.get("bytes_down_per_client", 0.0) for r in rounds), default=0.0),
+        )
 
 
 @dataclass
@@ -39,6 +60,8 @@ class RunResult:
     communication: Communication
     privacy: dict[str, Any] = field(default_factory=lambda: {"global": {}, "clients": {}})
     quality: dict[str, float] = field(default_factory=dict)
+    dp: dict[str, Any] = field(default_factory=dict)  # the DP mechanism, its parameters and (ε, δ)
+    adapter_rank: int = 0  # rank of the saved adapter/ (a dense global model is saved by exact SVD)
 
 
 def build_summary(cfg: ExperimentConfig, result: RunResult) -> dict[str, Any]:
@@ -51,7 +74,9 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> dict[str, Any]:
         # the embedded base keeps its name: its install path is machine-specific
         "base_model": EMBEDDED_BASE if cfg.model.base_model == EMBEDDED_BASE else resolve_base_model(cfg.model.base_model),
         "dataset": cfg.data.dataset,
-        "privacy": result.privacy,
+        "privacy": {**result.privacy, "dp": result.dp or {"mechanism": "none"}},
+        "adapter_rank": result.adapter_rank,
+        "client_ranks": [client_rank(cfg, c) for c in range(cfg.federation.num_clients)],
         "quality": result.quality,
         "timing": vars(result.timing),
         "communication": vars(result.communication),
@@ -80,7 +105,7 @@ def save_samples(outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Sp
     save_grid(images, outputs.path(SAMPLES_FILE), ncols=ncols, labels=row_labels)
 
 
-def measure_quality(cfg: ExperimentConfig, runtime, splits: Splits, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def measure_quality(cfg: ExperimentConfig, runtime, splits: Splits, view: ModelView) -> dict[str, float]:
     """Caption-probe accuracy (final model, base with B = 0, real members) and, if asked, KID/FID."""
     dataset = load_dataset(cfg.data)
     kwargs = dict(steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed + 1)
@@ -91,9 +116,9 @@ def measure_quality(cfg: ExperimentConfig, runtime, splits: Splits, state: Mappi
         idx = dataset.indices_of(member_ids)
         captions = [dataset.captions[i] for i in idx]
         out["caption_accuracy_real_members"] = probe.accuracy(dataset.images[idx], captions)
-        runtime.set_lora({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in state.items()})
+        runtime.show(ModelView())
         out["caption_accuracy_base"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
-        runtime.set_lora(state)
+        runtime.show(view)
         out["caption_accuracy"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
         out["caption_accuracy_n"] = float(len(captions))
     if cfg.evaluation.kid_fid:
@@ -101,7 +126,7 @@ def measure_quality(cfg: ExperimentConfig, runtime, splits: Splits, state: Mappi
 
         member_ids, _ = pick_eval_ids(splits, cfg.evaluation.kid_fid_samples, cfg.run.seed + 2)
         idx = dataset.indices_of(member_ids)
-        runtime.set_lora(state)
+        runtime.show(view)
         fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
         res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed)
         out.update(kid=res["kid"], kid_std=res["kid_std"], fid=res["fid"], kid_fid_n_generated=float(res["n_generated"]),
@@ -297,20 +322,42 @@ def write_report(outputs: RunOutputs, cfg: ExperimentConfig, summary: Mapping[st
     outputs.path(REPORT_FILE).write_text("\n".join(lines))
 
 
+def adapter_of_view(view: ModelView, runtime, model: ModelConfig) -> tuple[dict[str, np.ndarray], ModelConfig]:
+    """A diffusers-loadable LoRA for any global model: itself, or an exact SVD of its dense update.
+
+    Dense views (FLoRA's merges, FlexLoRA's mean) become a LoRA of the largest numerical rank over
+    modules with lora_alpha = r (scaling 1), so ``load_lora_weights`` reproduces the model.
+    """
+    if not view.deltas:
+        lora = view.lora if view.lora is not None else runtime.initial
+        return {k: np.asarray(v) for k, v in lora.items()}, model
+    like = lora_pairs({k: v.numpy() for k, v in runtime.initial.items()})
+    target = dict(view.deltas)
+    if view.lora is not None:
+        for prefix, d in delta_weights({k: np.asarray(v) for k, v in view.lora.items()}, runtime.scaling).items():
+            target[prefix] = target.get(prefix, 0.0) + d
+    for prefix, (a, b) in like.items():  # modules the update never touched
+        target.setdefault(prefix, np.zeros((b.shape[0], a[0].size)))
+    rank = numerical_rank(target)
+    return truncate(target, [rank], like)[0], dataclasses.replace(model, lora_rank=rank, lora_alpha=float(rank))
+
+
 def finalize_run(
-    outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Splits, state: Mapping[str, torch.Tensor],
-    result: RunResult, started: float, client_states: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Splits, view: ModelView,
+    result: RunResult, started: float, client_views: Mapping[int, ModelView] | None = None,
 ) -> dict:
     """Write every output; ``started`` (a perf_counter time) closes the run's wall time."""
     import time
 
     t0 = time.perf_counter()
-    runtime.set_lora(state)
-    save_adapter(outputs.path(ADAPTER_DIR), state, cfg.model)
+    runtime.show(view)
+    adapter, adapter_model = adapter_of_view(view, runtime, cfg.model)
+    save_adapter(outputs.path(ADAPTER_DIR), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in adapter.items()}, adapter_model)
+    result.adapter_rank = adapter_model.lora_rank
     save_samples(outputs, cfg, runtime, splits)
-    result.quality.update(measure_quality(cfg, runtime, splits, state))
+    result.quality.update(measure_quality(cfg, runtime, splits, view))
     result.privacy, attack_results = evaluate_membership(
-        cfg, runtime, load_dataset(cfg.data), splits, state, client_states or {}
+        cfg, runtime, load_dataset(cfg.data), splits, view, client_views or {}
     )
     if attack_results:
         plot_roc(outputs, attack_results)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
@@ -21,7 +21,12 @@ from fedlora.outputs import SPLITS_FILE, RunOutputs
 from fedlora.protocol import CONFIG, PARTITION_ID
 from fedlora.reporting import Communication, RunResult, RunTimings, finalize_run
 
-from .strategy import LoraStrategy
+from fedlora.privacy.central_dp import CentralDp
+from fedlora.privacy.dp_report import implicit_dp_summary, latest_local_epsilon, local_dp_summary
+from fedlora.models.lora import ModelView
+from fedlora.rules import ServerRule
+
+from .strategy import AccountedFedAvgStrategy, LoraStrategy, to_numpy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DISCOVERY_TIMEOUT_S = 300.0
@@ -59,35 +64,40 @@ def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEO
     return partition_of
 
 
-def _to_torch(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()}
-
-
-def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The whole server side of a run; returns the run folder and the final global adapter."""
+def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
+    """The whole server side of a run; returns the run folder and the final global model."""
     started = time.perf_counter()
     check_base_matches_data(cfg)
     outputs = RunOutputs.create(cfg)
     splits = get_splits(cfg)
     splits.save(outputs.path(SPLITS_FILE))
     runtime = get_runtime(cfg)
-    initial = runtime.get_lora()
+    initial = {k: v.numpy() for k, v in runtime.initial.items()}
     tracker = LossTracker(cfg, runtime, splits)
     partition_of = discover_clients(grid, cfg.federation.num_clients)
-    strategy = LoraStrategy(
-        rule=cfg.federation.aggregation,
+    rule = ServerRule(cfg, initial)
+    dp = CentralDp(cfg) if cfg.privacy.dp == "dp-fedavg" else None
+    strategy_cls = AccountedFedAvgStrategy if dp else LoraStrategy
+    strategy = strategy_cls(
+        rule=rule,
         partition_of=partition_of,
         fraction=cfg.federation.fraction_train,
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
     )
+    runner = dp.wrap(strategy) if dp else strategy
     timings = RunTimings()
     progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         t0 = time.perf_counter()
-        losses = tracker(_to_torch(arrays))
+        strategy.sync_global(arrays)
+        losses = tracker(rule.global_view())
         row = {"round": server_round, **losses, **strategy.rounds.get(server_round, {})}
+        if dp:
+            row.update(dp.round_metrics())
+        elif cfg.privacy.dp == "dp-lora" and server_round > 0:
+            row["dp_epsilon"] = latest_local_epsilon([strategy.rounds[r] for r in sorted(strategy.rounds) if r <= server_round])
         timings.train_s += row.get("round_s", 0.0)
         outputs.append_metrics(row)
         if server_round > 0:
@@ -96,9 +106,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, dict[str, to
         timings.eval_s += time.perf_counter() - t0
         return MetricRecord({k: v for k, v in losses.items()})
 
-    result = strategy.start(
+    result = runner.start(
         grid=grid,
-        initial_arrays=ArrayRecord(initial),
+        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
         num_rounds=cfg.federation.rounds,
         timeout=cfg.federation.round_timeout_s,
         train_config=ConfigRecord({}),
@@ -108,13 +118,17 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, dict[str, to
     trained = [r for r in strategy.rounds.values() if "clients" in r]
     if not trained:
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
-    comm = Communication(
-        bytes_up_per_client_round=sum(r["bytes_up_per_client"] for r in trained) / len(trained),
-        bytes_down_per_client_round=sum(r["bytes_down_per_client"] for r in trained) / len(trained),
-    )
-    final = _to_torch(result.arrays)
-    client_states = {pid: {k: torch.from_numpy(v.copy()) for k, v in st.items()} for pid, st in strategy.last_updates.items()}
-    finalize_run(outputs, cfg, runtime, splits, final, RunResult(timings, comm), started, client_states)
+    comm = Communication.from_rounds(trained)
+    strategy.sync_global(result.arrays)
+    final = rule.global_view()
+    run_result = RunResult(timings, comm)
+    if dp:
+        run_result.dp = dp.summary()
+    elif cfg.privacy.dp == "dp-lora":
+        run_result.dp = local_dp_summary(cfg, trained)
+    elif cfg.privacy.dp == "implicit-dp":
+        run_result.dp = implicit_dp_summary(cfg)
+    finalize_run(outputs, cfg, runtime, splits, final, run_result, started, rule.client_views())
     return outputs.root, final
 
 
@@ -129,7 +143,7 @@ def create_server_app(cfg: ExperimentConfig | None = None, result_holder: dict |
         torch.set_num_threads(resolved.simulation.num_cpus_per_client)
         run_dir, final = run_federated(grid, resolved)
         if result_holder is not None:
-            result_holder.update(run_dir=run_dir, global_state=final)
+            result_holder.update(run_dir=run_dir, global_view=final)
 
     return app
 

@@ -1,7 +1,8 @@
-"""A FedAvg-shaped Flower strategy whose aggregation is one of ``fedlora.aggregation``'s rules.
+"""A FedAvg-shaped Flower strategy that delegates payloads and aggregation to ``fedlora.rules``.
 
-Clients are addressed by partition id (not Flower's random node ids) so that sampling
-and aggregation order, and therefore the numbers, are reproducible from the seed.
+Clients are addressed by partition id (not Flower's random node ids) so that sampling and
+aggregation order, and therefore the numbers, are reproducible from the seed. Each client gets
+its own payload (FlexLoRA truncates to its rank; FLoRA sends the stacks it has not merged).
 """
 
 from __future__ import annotations
@@ -13,18 +14,30 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedlora.aggregation import aggregate
-
-from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
+from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedlora.rules import ServerRule
 
 
 def record_bytes(record: ArrayRecord) -> int:
     return int(sum(len(arr.data) for arr in record.values()))
 
 
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def partition_of_reply(message: Message) -> int:
+    return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
+
+
 class LoraStrategy(FedAvg):
-    def __init__(self, *, rule: str, partition_of: dict[int, int], fraction: float, seed: int, config_text: str):
+    def __init__(self, *, rule: ServerRule, partition_of: dict[int, int], fraction: float, seed: int, config_text: str):
         n = len(partition_of)
         super().__init__(
             fraction_train=fraction,
@@ -39,43 +52,95 @@ class LoraStrategy(FedAvg):
         self.seed = seed
         self.config_text = config_text
         self.rounds: dict[int, dict] = {}
-        # partition id -> the adapter it last sent: the per-client targets of the leakage audit
-        self.last_updates: dict[int, dict[str, np.ndarray]] = {}
         self._round_started = 0.0
+        self._current_round = 0
+
+    @property
+    def num_sampled(self) -> int:
+        return max(1, int(round(len(self.node_of) * self.fraction_train)))
 
     def sample_partitions(self, server_round: int) -> list[int]:
         pids = sorted(self.node_of)
-        k = max(1, int(round(len(pids) * self.fraction_train)))
         rng = np.random.default_rng([self.seed, server_round, 7])
-        return sorted(int(p) for p in rng.choice(pids, size=k, replace=False))
+        return sorted(int(p) for p in rng.choice(pids, size=self.num_sampled, replace=False))
+
+    def sync_global(self, arrays: ArrayRecord) -> None:
+        """FedAvg's global adapter is what Flower carries between rounds (DP noise included)."""
+        if self.rule.rule == "fedavg" and len(arrays):
+            self.rule.global_lora = to_numpy(arrays)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._round_started = time.perf_counter()
+        self._current_round = server_round
+        self.sync_global(arrays)
         pids = self.sample_partitions(server_round)
         config["server-round"] = server_round
         config[CONFIG_KEY] = self.config_text
-        self.rounds[server_round] = {"sampled": pids, "bytes_down_per_client": record_bytes(arrays)}
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, [self.node_of[p] for p in pids], "train")
+        messages, down = [], []
+        for pid in pids:
+            record = to_record(self.rule.payload(pid))
+            self.rule.mark_sent(pid)
+            down.append(record_bytes(record))  # serialised size, as for the uploads
+            content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
+            messages.append(Message(content=content, message_type="train", dst_node_id=self.node_of[pid]))
+        self.rounds[server_round] = {"sampled": pids, "bytes_down_per_client": float(np.mean(down))}
+        return messages
+
+    def record_replies(self, server_round: int, contents: list[RecordDict]) -> tuple[dict, dict, dict]:
+        """Per-client uploads, weights, evaluation-only arrays; logs metrics and bytes for the round."""
+        info = self.rounds.setdefault(server_round, {})
+        uploads, weights, eval_only = {}, {}, {}
+        up_bytes, eval_bytes = [], []
+        for content in contents:
+            pid = int(content[METRICS][PARTITION_ID])
+            record = content[self.arrayrecord_key]
+            protocol = ArrayRecord({k: a for k, a in record.items() if not k.startswith(EVAL_ONLY_PREFIX)})
+            audit = ArrayRecord({k[len(EVAL_ONLY_PREFIX):]: a for k, a in record.items() if k.startswith(EVAL_ONLY_PREFIX)})
+            uploads[pid] = to_numpy(protocol)
+            weights[pid] = float(content[METRICS][NUM_EXAMPLES])
+            up_bytes.append(record_bytes(protocol))
+            if len(audit):
+                eval_only[pid] = to_numpy(audit)
+                eval_bytes.append(record_bytes(audit))
+        info["clients"] = {
+            str(int(c[METRICS][PARTITION_ID])): {k: v for k, v in c[METRICS].items() if k != PARTITION_ID} for c in contents
+        }
+        info["bytes_up_per_client"] = float(np.mean(up_bytes))
+        if eval_bytes:
+            info["bytes_eval_only_per_client"] = float(np.mean(eval_bytes))
+        info["round_s"] = time.perf_counter() - self._round_started
+        return uploads, weights, eval_only
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        info = self.rounds.setdefault(server_round, {})
-        info["failures"] = [str(m.error.reason) for m in errors]
+        self.rounds.setdefault(server_round, {})["failures"] = [str(m.error.reason) for m in errors]
         if not valid:
             return None, None
-        valid.sort(key=lambda m: int(m.content["metrics"][PARTITION_ID]))
-        states = [{k: a.numpy() for k, a in m.content[self.arrayrecord_key].items()} for m in valid]
-        weights = [float(m.content["metrics"][NUM_EXAMPLES]) for m in valid]
-        for m, state in zip(valid, states):
-            self.last_updates[int(m.content["metrics"][PARTITION_ID])] = state
-        merged = aggregate(self.rule, states, weights)
-        info["clients"] = {
-            str(int(m.content["metrics"][PARTITION_ID])): {k: v for k, v in m.content["metrics"].items() if k != PARTITION_ID}
-            for m in valid
-        }
-        info["bytes_up_per_client"] = float(np.mean([record_bytes(m.content[self.arrayrecord_key]) for m in valid]))
-        info["round_s"] = time.perf_counter() - self._round_started
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in merged.items()})
-        return arrays, metrics
+        valid.sort(key=partition_of_reply)
+        contents = [m.content for m in valid]
+        uploads, weights, eval_only = self.record_replies(server_round, contents)
+        self.rule.aggregate(uploads, weights, eval_only)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        carried = self.rule.global_lora if self.rule.rule == "fedavg" else {}
+        return to_record(carried), metrics
+
+
+class AccountedFedAvgStrategy(LoraStrategy):
+    """LoRA FedAvg that Flower's DP wrappers accept for accounting: Flower's own aggregate_train.
+
+    The wrappers account only for a strategy using ``FedAvg.aggregate_train`` (uniform weights);
+    the bookkeeping (per-client metrics, the updates the server saw) runs in the metrics hook.
+    """
+
+    aggregate_train = FedAvg.aggregate_train
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.train_metrics_aggr_fn = self._record_and_aggregate_metrics
+
+    def _record_and_aggregate_metrics(self, contents: list[RecordDict], weighting_key: str) -> MetricRecord:
+        contents = sorted(contents, key=lambda c: int(c[METRICS][PARTITION_ID]))
+        uploads, _, _ = self.record_replies(self._current_round, contents)
+        for pid, upload in uploads.items():
+            self.rule.views[pid] = self.rule.view_of_upload(upload)
+        return aggregate_metricrecords(contents, weighting_key)

@@ -12,6 +12,7 @@ from fedlora.aggregation import fedavg
 from fedlora.config import load_config
 from fedlora.local_training import get_runtime
 from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
+from fedlora.rules import ServerRule
 from server.strategy import LoraStrategy
 
 
@@ -63,7 +64,8 @@ def test_strategy_aggregates_in_partition_order_with_the_configured_rule():
     rng = np.random.default_rng(0)
     states = [{"a.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
                "a.lora_B.weight": rng.normal(size=(3, 2)).astype(np.float32)} for _ in range(3)]
-    strategy = LoraStrategy(rule="fedavg", partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0, config_text="")
+    rule = ServerRule(load_config(None, ["federation.num_clients=3"]), states[0])
+    strategy = LoraStrategy(rule=rule, partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0, config_text="")
     replies = [fake_reply(2, states[2], 30), fake_reply(0, states[0], 10), fake_reply(1, states[1], 20)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     expected = fedavg(states, [10, 20, 30])
@@ -78,8 +80,9 @@ def test_strategy_aggregates_in_partition_order_with_the_configured_rule():
 
 def test_client_sampling_is_seeded_and_respects_the_fraction():
     partition_of = {1000 + k: k for k in range(10)}
-    a = LoraStrategy(rule="fedavg", partition_of=partition_of, fraction=0.3, seed=4, config_text="")
-    b = LoraStrategy(rule="fedavg", partition_of=partition_of, fraction=0.3, seed=4, config_text="")
+    rule = ServerRule(load_config(None, ["federation.num_clients=10"]), {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))})
+    a = LoraStrategy(rule=rule, partition_of=partition_of, fraction=0.3, seed=4, config_text="")
+    b = LoraStrategy(rule=rule, partition_of=partition_of, fraction=0.3, seed=4, config_text="")
     assert a.sample_partitions(2) == b.sample_partitions(2)
     assert len(a.sample_partitions(2)) == 3
     assert len({tuple(a.sample_partitions(r)) for r in range(1, 8)}) > 1

@@ -56,9 +56,15 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
     splits = json.loads((run_dir / SPLITS_FILE).read_text())
     assert len(splits["clients"]) == 2 and len(splits["clients"]["0"]["members"]) == cfg.data.members_per_client
 
-    # the saved diffusers adapter on top of the base pipeline is the global model
+    view = result["global_view"]
+    assert_adapter_is_the_global_model(cfg, run_dir, view, summary["base_model"])
+    assert any("lora_B" in k and np.abs(np.asarray(v)).sum() > 0 for k, v in view.lora.items())
+
+
+def assert_adapter_is_the_global_model(cfg, run_dir, view, base_model):
+    """The saved diffusers adapter on top of the base pipeline computes the global model."""
     runtime = get_runtime(cfg)
-    runtime.set_lora(result["global_state"])
+    runtime.show(view)
     g = torch.Generator().manual_seed(0)
     size = runtime.unet.config.sample_size
     x = torch.randn(2, 4, size, size, generator=g)
@@ -66,8 +72,74 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
     t = torch.tensor([50, 700])
     with torch.no_grad():
         expected = runtime.unet(x, t, encoder_hidden_states=cond).sample
-        fresh = load_pipeline(summary["base_model"], cached=False)
+        fresh = load_pipeline(base_model, cached=False)
         fresh.load_lora_weights(str(run_dir / ADAPTER_DIR))
         got = fresh.unet(x, t, encoder_hidden_states=cond).sample
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
-    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in result["global_state"].items())
+    runtime.show(type(view)())
+    with torch.no_grad():
+        base_out = runtime.unet(x, t, encoder_hidden_states=cond).sample
+    assert not np.allclose(base_out.numpy(), expected.numpy(), atol=1e-6)  # training moved the model
+
+
+FAST_EVAL = ["evaluation.attacks=['loss-threshold']", "evaluation.quality_samples=0", "federation.rounds=2"]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("ffa", ["federation.aggregation='ffa'"]),
+        ("fedsa", ["federation.aggregation='fedsa'"]),
+        ("svd", ["federation.aggregation='svd'", "federation.client_ranks=[2, 8]"]),
+        ("flora", ["federation.aggregation='flora'", "federation.client_ranks=[2, 8]"]),
+        ("dp-fedavg", ["privacy.dp='dp-fedavg'", "privacy.dp_max_grad_norm=0.05"]),
+        ("dp-fedavg-client", ["privacy.dp='dp-fedavg'", "privacy.dp_clipping='client'", "privacy.dp_max_grad_norm=0.05"]),
+        ("dp-lora", ["privacy.dp='dp-lora'"]),
+        ("implicit-dp", ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'"]),
+    ],
+)
+def test_every_rule_runs_end_to_end(tmp_path, name, overrides):
+    cfg = load_config("configs/smoke.toml", [f"run.output_dir='{tmp_path}'", f"run.name='{name}'", *FAST_EVAL, *overrides])
+    result: dict = {}
+    run_dir = run_experiment(cfg, result)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    assert summary["aggregation"] == cfg.federation.aggregation and [r["round"] for r in rows] == [0, 1, 2]
+    assert all(r["failures"] == [] and sorted(r["clients"]) == ["0", "1"] for r in rows[1:])
+    comm = summary["communication"]
+    initial = get_runtime(cfg).initial
+    raw = {f: sum(4 * v.numel() for k, v in initial.items() if f"lora_{f}" in k) for f in "AB"}  # float32 bytes
+    header = 256 * len(initial)  # generous serialisation overhead per array
+    if name == "ffa":  # only B travels (down and up)
+        assert raw["B"] <= comm["bytes_up_per_client_round"] < raw["B"] + header
+        assert raw["B"] <= comm["bytes_down_per_client_round"] < raw["B"] + header
+    if name == "fedsa":  # only A is shared; B goes up for the audit only and is counted apart
+        assert raw["A"] <= comm["bytes_up_per_client_round"] < raw["A"] + header
+        assert raw["B"] <= comm["bytes_eval_only_per_client_round"] < raw["B"] + header
+    if name == "flora":  # round 1 has nothing to merge; round 2 downloads the rank 2+8 stack
+        assert rows[1]["bytes_down_per_client"] == 0 and rows[2]["bytes_down_per_client"] > rows[2]["bytes_up_per_client"]
+    if name in ("svd", "flora"):
+        assert summary["client_ranks"] == [2, 8] and summary["adapter_rank"] >= 8
+    assert set(summary["privacy"]["clients"]) == {"0", "1"}
+    dp = summary["privacy"]["dp"]
+    assert dp["mechanism"] == cfg.privacy.dp
+    if cfg.privacy.dp == "dp-fedavg":  # one Gaussian release per round, no amplification
+        from dp_accounting import GaussianDpEvent, SelfComposedDpEvent
+        from dp_accounting.rdp import RdpAccountant
+
+        direct = RdpAccountant().compose(SelfComposedDpEvent(GaussianDpEvent(cfg.privacy.dp_noise_multiplier), 2))
+        assert dp["epsilon"] == pytest.approx(direct.get_epsilon(cfg.privacy.dp_delta), rel=1e-9)
+        assert 0 < rows[1]["dp_epsilon"] < rows[2]["dp_epsilon"] == pytest.approx(dp["epsilon"])
+    if cfg.privacy.dp == "dp-lora":  # each client: 2 rounds x local_steps Poisson-sampled Gaussian steps
+        from fedlora.privacy.dp_sgd import epsilon_for
+
+        q = cfg.train.batch_size / cfg.data.members_per_client
+        direct = epsilon_for([(cfg.privacy.dp_noise_multiplier, q, 2 * cfg.train.local_steps)], cfg.privacy.dp_delta)
+        assert set(dp["epsilon_per_client"]) == {"0", "1"}
+        assert all(e == pytest.approx(direct, rel=1e-9) for e in dp["epsilon_per_client"].values())
+        assert 0 < rows[1]["dp_epsilon"] < rows[2]["dp_epsilon"]
+    if cfg.privacy.dp == "implicit-dp":
+        assert dp["formal"] is False and "epsilon" not in dp
+        assert dp["equivalent_noise_multiplier_heuristic"] == pytest.approx(cfg.train.batch_size / cfg.model.lora_rank**0.5)
+    assert_adapter_is_the_global_model(cfg, run_dir, result["global_view"], summary["base_model"])

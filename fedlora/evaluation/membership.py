@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
 from ..config import ExperimentConfig
 from ..data import ImageDataset, Splits
+from ..models.lora import ModelView
 from .attacks import AttackResult, AttackSets, Samples, run_attacks
 
 
@@ -29,23 +28,23 @@ def evaluate_membership(
     runtime,
     dataset: ImageDataset,
     splits: Splits,
-    global_state: Mapping[str, torch.Tensor],
-    client_states: Mapping[int, Mapping[str, torch.Tensor]],
+    global_view: ModelView,
+    client_views: Mapping[int, ModelView],
 ) -> tuple[dict, dict[str, AttackResult]]:
     """``privacy`` for summary.json, and the global model's attack results (for ROC curves)."""
     privacy: dict = {"global": {}, "clients": {}}
     if not cfg.evaluation.attacks:
         return privacy, {}
     seed = cfg.run.seed * 1000 + 17
-    runtime.set_lora(global_state)
+    runtime.show(global_view)
     every = list(range(cfg.federation.num_clients))
     results = run_attacks(runtime, attack_sets(runtime, dataset, splits, every), cfg.evaluation, seed, desc="attack global")
     privacy["global"] = {name: r.metrics | {"details": r.details} for name, r in results.items()}
     if cfg.evaluation.attack_clients:
-        for cid in sorted(client_states):
-            runtime.set_lora(client_states[cid])
+        for cid in sorted(client_views):
+            runtime.show(client_views[cid])
             sets = attack_sets(runtime, dataset, splits, [cid])
             res = run_attacks(runtime, sets, cfg.evaluation, seed + 1 + cid, desc=f"attack client {cid}")
             privacy["clients"][str(cid)] = {name: r.metrics | {"details": r.details} for name, r in res.items()}
-    runtime.set_lora(global_state)
+    runtime.show(global_view)
     return privacy, results

@@ -6,13 +6,11 @@ the adapter does; the member/non-member gap is the simplest leakage signal there
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
-import torch
 
 from ..config import ExperimentConfig
 from ..data import Splits, load_dataset
+from ..models.lora import ModelView
 
 
 def pick_eval_ids(splits: Splits, k: int, seed: int) -> tuple[list[str], list[str]]:
@@ -32,8 +30,8 @@ class LossTracker:
         self.members = runtime.encode(dataset, member_ids)
         self.nonmembers = runtime.encode(dataset, nonmember_ids)
 
-    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        self.runtime.set_lora(state)
+    def __call__(self, view: ModelView) -> dict[str, float]:
+        self.runtime.show(view)
         draws, seed = self.cfg.evaluation.loss_timesteps, self.cfg.run.seed + 101
         m = self.runtime.mean_loss(self.members, draws, seed)
         nm = self.runtime.mean_loss(self.nonmembers, draws, seed)

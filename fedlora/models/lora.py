@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
+import numpy as np
 import torch
 
 from ..config import ModelConfig
@@ -36,6 +39,86 @@ def attach_lora(unet, model: ModelConfig, seed: int = 0) -> None:
             f"model.lora_targets = {list(model.lora_targets)} matched no UNet module; "
             "use attention projection names such as to_q, to_k, to_v, to_out.0"
         )
+    if model.lora_a_init != "kaiming-uniform":
+        init_lora(unet, seed, model.lora_a_init)
+
+
+def lora_layers(unet) -> Iterator[tuple[str, torch.nn.Module]]:
+    """(prefix, peft LoRA layer); the prefix is the state-dict key without ``.lora_A.weight``."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in unet.named_modules():
+        if isinstance(module, LoraLayer):
+            yield name, module
+
+
+def init_lora(unet, seed: int, a_init: str = "kaiming-uniform") -> None:
+    """A fresh adapter: B = 0 and A re-drawn from ``seed`` (FLoRA restarts one every round).
+
+    ``gaussian`` draws A with i.i.d. N(0, 1/r) entries, the matrix arXiv 2409.17538 analyses
+    (E[AᵀA] = I); ``kaiming-uniform`` is peft's default.
+    """
+    if a_init not in ("kaiming-uniform", "gaussian"):
+        raise ValueError(f"model.lora_a_init = {a_init!r}; choose 'kaiming-uniform' or 'gaussian'")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(unet):
+            for name in layer.lora_A:
+                a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+                if a_init == "gaussian":
+                    a.copy_(torch.randn(a.shape, generator=gen) / math.sqrt(a.shape[0]))
+                else:  # torch's Kaiming-uniform with a = sqrt(5), as nn.Linear and peft use
+                    bound = 1.0 / math.sqrt(a[0].numel())
+                    a.copy_((torch.rand(a.shape, generator=gen) * 2 - 1) * bound)
+                b.zero_()
+
+
+def set_trainable(unet, train_a: bool, train_b: bool = True) -> None:
+    """Which LoRA factors the optimiser sees (FFA-LoRA and implicit DP freeze A)."""
+    for name, param in unet.named_parameters():
+        if LORA_A in name:
+            param.requires_grad_(train_a)
+        elif LORA_B in name:
+            param.requires_grad_(train_b)
+
+
+class BaseDeltas:
+    """Dense updates merged into the frozen base weights (FLoRA's merges, exact global models).
+
+    Keeps the original weights so that any set of deltas can be applied or removed exactly.
+    """
+
+    def __init__(self, unet):
+        self.layers = dict(lora_layers(unet))
+        self.original = {p: layer.base_layer.weight.detach().clone() for p, layer in self.layers.items()}
+        self.applied: set[str] = set()
+
+    def set(self, deltas: Mapping[str, np.ndarray | torch.Tensor] | None) -> None:
+        deltas = deltas or {}
+        unknown = sorted(set(deltas) - set(self.layers))
+        if unknown:
+            raise ValueError(f"base deltas for modules without a LoRA layer: {unknown[:3]}")
+        with torch.no_grad():
+            for prefix in self.applied - set(deltas):
+                self.layers[prefix].base_layer.weight.copy_(self.original[prefix])
+            for prefix, delta in deltas.items():
+                weight = self.layers[prefix].base_layer.weight
+                d = torch.as_tensor(np.asarray(delta), dtype=torch.float64).reshape(weight.shape)
+                weight.copy_((self.original[prefix].double() + d).to(weight.dtype))
+        self.applied = set(deltas)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """A fine-tuned model as some party sees it: base + dense ``deltas`` + a LoRA ``lora``.
+
+    ``lora`` is an adapter state at the evaluating runtime's rank (None: B = 0). ``deltas`` maps a
+    module prefix to a dense (d_out, d_in·kh·kw) update added to the base weight: how rules whose
+    global model is no rank-r LoRA (FLoRA's merges, FlexLoRA's exact mean) are evaluated exactly.
+    """
+
+    lora: Mapping[str, torch.Tensor] | None = None
+    deltas: Mapping[str, np.ndarray] | None = None
 
 
 def lora_state(unet) -> dict[str, torch.Tensor]:

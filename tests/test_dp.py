@@ -1,0 +1,99 @@
+"""Central DP accounting, implicit-DP mechanics, and the base-delta / fresh-LoRA helpers they rely on."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedlora.config import load_config
+from fedlora.local_training import get_runtime, scale_b_gradient_rows
+from fedlora.models.lora import LORA_A, LORA_B, ModelView, init_lora, lora_layers
+from fedlora.privacy.central_dp import CentralDp
+from fedlora.privacy.dp_report import implicit_dp_summary
+
+
+def test_central_accountant_matches_dp_accounting_for_a_known_setting():
+    from dp_accounting import GaussianDpEvent, SelfComposedDpEvent
+    from dp_accounting.rdp import RdpAccountant
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    cfg = load_config(None, ["privacy.dp='dp-fedavg'", "privacy.dp_noise_multiplier=1.1", "privacy.dp_delta=1e-5",
+                             "federation.num_clients=8"])
+    dp = CentralDp(cfg)
+    assert dp.epsilon() == 0.0
+    for _ in range(10):
+        dp.accountant.compose(GaussianPrivacyEvent(noise_multiplier=1.1, sample_size=8, population_size=8))
+    direct = RdpAccountant().compose(SelfComposedDpEvent(GaussianDpEvent(1.1), 10)).get_epsilon(1e-5)
+    assert dp.epsilon() == pytest.approx(direct, rel=1e-9)
+    assert dp.round_metrics()["dp_releases"] == 10
+    summary = dp.summary()
+    assert summary["formal"] and summary["epsilon"] == pytest.approx(direct, rel=1e-9) and summary["delta"] == 1e-5
+
+
+def test_gaussian_a_init_has_variance_one_over_r_and_b_zero(tiny_base):
+    cfg = load_config("configs/smoke.toml", [f"model.base_model='{tiny_base}'", "data.dataset='digits'",
+                                             "model.lora_rank=8", "model.lora_a_init='gaussian'"])
+    unet = get_runtime(cfg).unet
+    a = torch.cat([p.detach().flatten() for n, p in unet.named_parameters() if LORA_A in n])
+    b = torch.cat([p.detach().flatten() for n, p in unet.named_parameters() if LORA_B in n])
+    assert float(a.var()) == pytest.approx(1 / 8, rel=0.1) and not b.any()
+
+
+def test_b_gradient_rows_are_rescaled_to_the_norm():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Module()
+            self.lin.lora_B = torch.nn.Parameter(torch.zeros(5, 3))
+            self.lin.lora_A = torch.nn.Parameter(torch.zeros(3, 4))
+
+    toy = Toy()
+    toy.lin.lora_B.grad = torch.randn(5, 3)
+    toy.lin.lora_A.grad = torch.randn(3, 4)
+    before_a = toy.lin.lora_A.grad.clone()
+    scale_b_gradient_rows(toy, 0.25)
+    np.testing.assert_allclose(toy.lin.lora_B.grad.norm(dim=1).numpy(), 0.25, rtol=1e-6)
+    assert torch.equal(toy.lin.lora_A.grad, before_a)
+
+
+def test_implicit_dp_reports_a_heuristic_not_an_epsilon():
+    cfg = load_config(None, ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'",
+                             "model.lora_rank=4", "train.batch_size=16"])
+    s = implicit_dp_summary(cfg)
+    assert s["formal"] is False and "epsilon" not in s
+    assert s["equivalent_noise_multiplier_heuristic"] == pytest.approx(16 / math.sqrt(4))
+
+
+def test_base_deltas_apply_and_remove_exactly(tiny_base):
+    cfg = load_config("configs/smoke.toml", [f"model.base_model='{tiny_base}'", "data.dataset='digits'"])
+    runtime = get_runtime(cfg)
+    prefix, layer = next(iter(lora_layers(runtime.unet)))
+    original = layer.base_layer.weight.detach().clone()
+    delta = np.full(tuple(original.shape), 0.5)
+    runtime.show(ModelView(deltas={prefix: delta}))
+    torch.testing.assert_close(layer.base_layer.weight, original + 0.5)
+    runtime.show(ModelView())
+    assert torch.equal(layer.base_layer.weight, original)
+    with pytest.raises(ValueError, match="without a LoRA layer"):
+        runtime.show(ModelView(deltas={"nope": delta}))
+
+
+def test_fresh_lora_is_seeded_and_starts_as_a_no_op(tiny_base):
+    cfg = load_config("configs/smoke.toml", [f"model.base_model='{tiny_base}'", "data.dataset='digits'"])
+    runtime = get_runtime(cfg)
+    unet = runtime.unet
+
+    def a_values():
+        return torch.cat([p.detach().flatten().clone() for n, p in unet.named_parameters() if LORA_A in n])
+
+    init_lora(unet, 5)
+    first = a_values()
+    init_lora(unet, 6)
+    assert not torch.equal(first, a_values())
+    init_lora(unet, 5)
+    assert torch.equal(first, a_values())
+    assert not any(p.any() for n, p in unet.named_parameters() if LORA_B in n)
+    with pytest.raises(ValueError, match="lora_a_init"):
+        init_lora(unet, 5, "orthogonal")
+    runtime.set_lora(runtime.initial)  # the runtime is shared by the tests of this process
