@@ -1,4 +1,4 @@
-"""The ``fedlora`` command: pretrain the embedded base, run a federated experiment."""
+"""The ``fedlora`` command: pretrain the embedded base, run an experiment, re-evaluate and compare runs."""
 
 from __future__ import annotations
 
@@ -49,6 +49,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .reevaluate import evaluate_run
+
+    torch.set_num_threads(1)  # one thread: see the note in server/app.py
+    summary = evaluate_run(args.run_dir, args.overrides)
+    attacks = ", ".join(f"{a} ASR {m['asr']:.3f}" for a, m in summary["privacy"]["global"].items())
+    print(f"re-evaluated {args.run_dir}: {attacks}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import compare_runs
+
+    table, figure = compare_runs(args.run_dirs, args.out)
+    print(f"comparison table {table}; privacy-quality scatter {figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,11 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run a federated LoRA experiment in simulation (Flower + Ray)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("evaluate", help="attack and score a finished run again (no training)")
+    p.add_argument("run_dir", help="a run folder, e.g. runs/default")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="evaluation.KEY=VALUE",
+                   help="change an [evaluation] key, e.g. --set \"evaluation.attacks=['pia','secmi']\" (repeatable)")
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("compare", help="a comparison table and a privacy-quality scatter across runs")
+    p.add_argument("run_dirs", nargs="+", help="run folders")
+    p.add_argument("--out", default="runs/comparison", help="folder for comparison.md and privacy_quality.png")
+    p.set_defaults(func=_cmd_compare)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 

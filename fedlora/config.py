@@ -120,7 +120,10 @@ class EvaluationConfig:
     kid_fid: bool = False  # KID/FID with the offline Inception network (about 0.1-2 s per image on CPU)
     kid_fid_samples: int = 64
     # Membership-inference evaluation of the final global model and of each client's last update.
-    attacks: tuple[Literal["learned-mlp-paper", "learned-mlp", "loss-threshold"], ...] = (
+    # pia, secmi, score-norm and gradient-norm are opt-in (evaluation/diffusion_attacks.py).
+    attacks: tuple[
+        Literal["learned-mlp-paper", "learned-mlp", "loss-threshold", "pia", "secmi", "score-norm", "gradient-norm"], ...
+    ] = (
         "learned-mlp-paper",
         "learned-mlp",
         "loss-threshold",
@@ -133,6 +136,17 @@ class EvaluationConfig:
     attack_val_fraction: float = 0.25  # aux held out to pick the honest attack's epoch and threshold
     attack_feature_draws: int = 1  # (t, eps) draws averaged into one loss map; the paper uses 1
     loss_attack_draws: int = 16
+    # Diffusion-specific attacks; each candidate list is searched on D_aux only (best aux AUC).
+    # Timesteps index the scheduler's 1000-step schedule and must lie below its num_train_timesteps.
+    pia_timesteps: tuple[int, ...] = (50, 100, 200, 300)
+    secmi_t: int = 100  # SecMI's t_sec
+    secmi_k: int = 10  # SecMI's DDIM step size
+    score_norm_timesteps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
+    score_norm_p: float = 4.0  # SimA's norm (the released code sums |eps|^4)
+    gradient_norm_timesteps: tuple[int, ...] = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
+    # pia/secmi/score-norm: "paper" keeps the published sign (lower error or norm = member);
+    # "from-aux" lets D_aux flip it where members score the other way (details["sign"] = -1).
+    diffusion_attack_sign: Literal["from-aux", "paper"] = "from-aux"
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "evaluation.attack_val_fraction": (0.05, 0.75),
     "evaluation.loss_attack_draws": (1, None),
     "evaluation.attack_feature_draws": (1, None),
+    "evaluation.secmi_t": (1, None),
+    "evaluation.secmi_k": (1, None),
+    "evaluation.score_norm_p": (1.0, None),
     "privacy.mi_lambda": (0.0, None),
     "privacy.stabilizer": (1e-12, None),
     "privacy.attacker_steps": (0, None),
@@ -311,6 +328,13 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
     for key in ("members_per_client", "nonmembers_per_client"):
         if getattr(cfg.data, key) % 2:
             raise ConfigError(f"data.{key} must be even (half aux, half test), got {getattr(cfg.data, key)}")
+    for key in ("pia_timesteps", "score_norm_timesteps", "gradient_norm_timesteps"):
+        if not getattr(cfg.evaluation, key):
+            raise ConfigError(f"evaluation.{key} must list at least one timestep")
+    if cfg.evaluation.secmi_k > cfg.evaluation.secmi_t:
+        raise ConfigError(
+            f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed evaluation.secmi_t = {cfg.evaluation.secmi_t}"
+        )
     rule, dp = cfg.federation.aggregation, cfg.privacy.dp
     if cfg.federation.client_ranks and rule not in ("svd", "flora"):
         raise ConfigError(

@@ -14,10 +14,15 @@ SPLITS_FILE = "splits.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
+REPORT_HTML = "report.html"  # the same report, self-contained (images inline)
+COMPARISON_TABLE = "comparison.md"  # fedlora compare
+PRIVACY_QUALITY_FIGURE = "privacy_quality.png"  # fedlora compare
 ADAPTER_DIR = "adapter"
 SAMPLES_FILE = "samples.png"
 TRAINING_FIGURE = "training.png"
 ROC_FIGURE = "roc.png"
+VIEWS_DIR = "views"  # the audited models: global.safetensors, client_<k>.safetensors (fedlora evaluate reloads them)
+GLOBAL_VIEW = "global"
 
 
 def _jsonable(value: Any) -> Any:
@@ -62,6 +67,13 @@ class RunOutputs:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        """Written to a temporary file first, so a crash never leaves a half-written JSON behind."""
         path = self.path(name)
-        path.write_text(json.dumps(_jsonable(data), indent=1))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(_jsonable(data), indent=1))
+        tmp.replace(path)
         return path
+
+    def view_path(self, target: str | int) -> Path:
+        name = target if isinstance(target, str) else f"client_{target}"
+        return self.root / VIEWS_DIR / f"{name}.safetensors"

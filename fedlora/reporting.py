@@ -12,7 +12,7 @@ import dataclasses
 
 from .aggregation import delta_weights, lora_pairs, numerical_rank, truncate
 from .config import EMBEDDED_BASE, ExperimentConfig, ModelConfig
-from .models.lora import ModelView
+from .models.lora import ModelView, save_view
 from .rules import client_rank
 from .data import Splits, load_dataset, public_subset
 from .evaluation.quality import caption_probe_or_none
@@ -21,8 +21,9 @@ from .evaluation.tracking import pick_eval_ids
 from .models.base import resolve_base_model
 from .models.lora import save_adapter
 from .evaluation.attacks import AttackResult
+from .evaluation.html_report import write_html_report
 from .evaluation.membership import evaluate_membership
-from .outputs import ADAPTER_DIR, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SUMMARY_FILE, TRAINING_FIGURE, RunOutputs
+from .outputs import ADAPTER_DIR, GLOBAL_VIEW, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SUMMARY_FILE, TRAINING_FIGURE, RunOutputs
 
 
 @dataclass
@@ -209,27 +210,36 @@ def plot_roc(outputs: RunOutputs, results: Mapping[str, AttackResult]) -> None:
 
 
 LEAKAGE_HEADER = [
-    "| target | attack | ASR | AUC | |AUC-0.5|/0.5 | TPR@1%FPR | TPR@5%FPR | members | non-members |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| target | attack | ASR | AUC [95% CI] | \\|AUC-0.5\\|/0.5 | TPR@0.1%FPR | TPR@1%FPR | TPR@5%FPR | members | non-members |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
+
+
+def _rate(value) -> str:
+    """A TPR, or n/m where the non-members cannot resolve that FPR (the summary says why)."""
+    return "n/m" if value is None else f"{value:.3f}"
 
 
 def privacy_tables(privacy: Mapping[str, Any]) -> list[str]:
     lines = [
         "Attacks on D_te after training on D_aux (`learned-mlp-paper`: epoch picked by test ASR, the paper's "
         "optimistic selection; `learned-mlp`: epoch and threshold picked on held-out aux data; `loss-threshold`: "
-        "mean loss over several (t, eps) draws, threshold from aux). Client rows attack the adapter each client "
-        "last sent, with that client's own sets.",
+        "mean loss over several (t, eps) draws; `pia`, `score-norm`: timestep and sign picked on aux; `secmi`: "
+        "DDIM t-error; `gradient-norm`: per-LoRA-tensor gradient norms + logistic regression fit on aux; every "
+        "threshold from aux). Client rows attack the model each client last sent, with that client's own sets.",
         "",
         *LEAKAGE_HEADER,
     ]
     targets = [("global", privacy["global"])] + [(f"client {c}", v) for c, v in privacy.get("clients", {}).items()]
     for target, attacks in targets:
         for attack, m in attacks.items():
+            ci = f" [{m['auc_ci_low']:.2f}, {m['auc_ci_high']:.2f}]" if "auc_ci_low" in m else ""
             lines.append(
-                f"| {target} | {attack} | {m['asr']:.3f} | {m['auc']:.3f} | {m['auc_dev']:.3f} | "
-                f"{m['tpr_at_1pct_fpr']:.3f} | {m['tpr_at_5pct_fpr']:.3f} | {m['n_members']} | {m['n_nonmembers']} |"
+                f"| {target} | {attack} | {m['asr']:.3f} | {m['auc']:.3f}{ci} | {m['auc_dev']:.3f} | "
+                f"{_rate(m.get('tpr_at_0.1pct_fpr'))} | {_rate(m.get('tpr_at_1pct_fpr'))} | {_rate(m.get('tpr_at_5pct_fpr'))} | "
+                f"{m['n_members']} | {m['n_nonmembers']} |"
             )
+    lines += ["", "n/m: not measurable — with n non-members the smallest non-zero FPR is 1/n (TPR at FPR x needs n ≥ 1/x)."]
     return lines
 
 
@@ -350,22 +360,36 @@ def finalize_run(
     import time
 
     t0 = time.perf_counter()
-    runtime.show(view)
     adapter, adapter_model = adapter_of_view(view, runtime, cfg.model)
     save_adapter(outputs.path(ADAPTER_DIR), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in adapter.items()}, adapter_model)
     result.adapter_rank = adapter_model.lora_rank
+    # the audited models, so that `fedlora evaluate` can attack them again without training
+    save_view(outputs.view_path(GLOBAL_VIEW), view)
+    for cid, client_view in (client_views or {}).items():
+        save_view(outputs.view_path(int(cid)), client_view)
+    return evaluate_outputs(outputs, cfg, runtime, splits, view, client_views or {}, result, t0, started)
+
+
+def evaluate_outputs(
+    outputs: RunOutputs, cfg: ExperimentConfig, runtime, splits: Splits, view: ModelView,
+    client_views: Mapping[int, ModelView], result: RunResult, t0: float, started: float | None,
+) -> dict:
+    """Samples, quality, membership audit, figures, summary.json and the reports of a finished run."""
+    import time
+
+    runtime.show(view)
     save_samples(outputs, cfg, runtime, splits)
-    result.quality.update(measure_quality(cfg, runtime, splits, view))
-    result.privacy, attack_results = evaluate_membership(
-        cfg, runtime, load_dataset(cfg.data), splits, view, client_views or {}
-    )
+    result.quality = measure_quality(cfg, runtime, splits, view)
+    result.privacy, attack_results = evaluate_membership(cfg, runtime, load_dataset(cfg.data), splits, view, client_views)
     if attack_results:
         plot_roc(outputs, attack_results)
     rows = outputs.read_metrics()
     plot_training(outputs, rows)
     result.timing.eval_s += time.perf_counter() - t0
-    result.timing.total_s = time.perf_counter() - started
+    if started is not None:
+        result.timing.total_s = time.perf_counter() - started
     summary = build_summary(cfg, result)
     outputs.write_json(SUMMARY_FILE, summary)
     write_report(outputs, cfg, summary, rows, splits)
+    write_html_report(outputs.root)
     return summary

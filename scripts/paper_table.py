@@ -57,6 +57,11 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def _measured(metrics: list[dict], key: str) -> list[float]:
+    """Values where measurable (None: too few non-members for that FPR)."""
+    return [x[key] for x in metrics if x.get(key) is not None]
+
+
 def client_table(summaries: dict[str, list[dict]]) -> list[str]:
     rows = []
     for method, runs_ in summaries.items():
@@ -109,7 +114,7 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
             for a in ATTACKS:
                 m = [r["privacy"]["global"][a] for r in runs_ if a in r["privacy"]["global"]]
                 row += f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} | " \
-                       f"{_fmt([x['tpr_at_5pct_fpr'] for x in m], 100, 1)} | {_fmt([x['tpr_at_1pct_fpr'] for x in m], 100, 1)} |"
+                       f"{_fmt(_measured(m, 'tpr_at_5pct_fpr'), 100, 1)} | {_fmt(_measured(m, 'tpr_at_1pct_fpr'), 100, 1)} |"
             lines.append(row)
         client_rows = client_table(summaries)
         if client_rows:

@@ -23,3 +23,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -c "import fedlora, flwr, diffusers, peft, torch; assert torch.version.cuda is None, 'a CUDA torch was installed'"
   touch "$stamp"
 fi
+# Headless Chromium renders report.html in the tests (tests/test_html_report.py); Debian's package,
+# installed only where we may (root + apt), else those tests skip with the reason.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing chromium (Debian package) for the HTML report check"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "[setup] chromium not installed; HTML render tests will skip"
+fi

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedlora.config import load_config
+from fedlora.config import ConfigError, load_config
 from fedlora.local_training import get_runtime
 from fedlora.models.base import load_pipeline
 from fedlora.outputs import ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SPLITS_FILE, SUMMARY_FILE, TRAINING_FIGURE
@@ -59,6 +59,19 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
     view = result["global_view"]
     assert_adapter_is_the_global_model(cfg, run_dir, view, summary["base_model"])
     assert any("lora_B" in k and np.abs(np.asarray(v)).sum() > 0 for k, v in view.lora.items())
+
+    # `fedlora evaluate`: the saved views reproduce the audit exactly, and new attacks can be added
+    from fedlora.reevaluate import evaluate_run
+
+    again = evaluate_run(run_dir)
+    assert again["privacy"]["global"] == summary["privacy"]["global"]
+    assert again["privacy"]["clients"] == summary["privacy"]["clients"]
+    assert again["communication"] == summary["communication"] and again["timing"]["train_s"] == summary["timing"]["train_s"]
+    more = evaluate_run(run_dir, ["evaluation.attacks=['loss-threshold', 'pia']", "evaluation.attack_clients=false"])
+    assert set(more["privacy"]["global"]) == {"loss-threshold", "pia"} and more["privacy"]["clients"] == {}
+    assert "pia" in load_config(run_dir / CONFIG_FILE).evaluation.attacks
+    with pytest.raises(ConfigError, match="only changes \\[evaluation\\]"):
+        evaluate_run(run_dir, ["train.local_steps=3"])
 
 
 def assert_adapter_is_the_global_model(cfg, run_dir, view, base_model):

@@ -1,13 +1,16 @@
 """Membership-inference attacks on a trained model, following the SMP-LoRA paper's protocol.
 
 The attacker knows D_aux (members D^m_aux and non-members D^nm_aux) and is scored on the
-disjoint D_te. Three attacks:
+disjoint D_te; every choice it makes (epoch, timestep, sign, threshold) is made on D_aux. Here
+the learned and loss attacks; ``diffusion_attacks`` adds PIA, SecMI, a score-norm and a white-box
+gradient-norm attack (``run_attacks`` dispatches all of them by their stable keys):
 
 - ``learned-mlp-paper``: a fresh MLP h' (the proxy attacker's architecture) trained on all of
   D_aux; the epoch with the best *test* ASR is reported (the paper's selection; optimistic
   for the attacker, so conservative for a defence).
-- ``learned-mlp``: the same MLP trained on D_aux minus a held-out part; its epoch and
-  threshold are chosen on that held-out aux data, then applied once to D_te (an honest attack).
+- ``learned-mlp``: the same MLP trained on D_aux minus a held-out part; its epoch (by held-out
+  AUC, which is less noisy than accuracy on a dozen samples) and threshold are chosen on that
+  held-out aux data, then applied once to D_te (an honest attack).
 - ``loss-threshold``: mean denoising loss over several (t, eps) draws (Yeom et al. 2018,
   Matsumoto et al. 2023); the threshold is chosen on D_aux and applied to D_te.
 
@@ -23,6 +26,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -31,6 +35,7 @@ from ..privacy.attacker import MembershipMLP, membership_labels
 from .leakage import best_threshold, leakage_metrics, roc_points
 
 PAPER, HONEST, LOSS = "learned-mlp-paper", "learned-mlp", "loss-threshold"
+DIFFUSION = ("pia", "secmi", "score-norm", "gradient-norm")  # in diffusion_attacks.py; need .unet/.scheduler
 
 
 class SampleSet(Protocol):
@@ -162,17 +167,20 @@ def learned_mlp_attacks(
             val_scores = run.scores(torch.cat([m_maps[m_val], n_maps[n_val]]))
             threshold = best_threshold(val_scores, val_member)
             val_acc = float(np.mean((val_scores >= threshold) == val_member))
-            history[HONEST].append((val_acc, threshold, run.scores(t_maps)))
+            val_auc = float(roc_auc_score(val_member, val_scores))
+            history[HONEST].append((val_auc, val_acc, threshold, run.scores(t_maps)))
     out: dict[str, AttackResult] = {}
     if PAPER in runs:
         asrs = [float(np.mean((s >= 0.5) == test_member)) for s in history[PAPER]]
         best = int(np.argmax(asrs))
         out[PAPER] = _result(history[PAPER][best], test_member, 0.5, epoch=float(best + 1))
     if HONEST in runs:
-        best = int(np.argmax([h[0] for h in history[HONEST]]))
-        val_acc, threshold, scores = history[HONEST][best]
-        out[HONEST] = _result(scores, test_member, threshold, epoch=float(best + 1), val_accuracy=val_acc,
-                              n_val=float(len(val_member)))
+        # the best held-out AUC; ties go to the later epoch (more training, same evidence)
+        aucs = np.array([h[0] for h in history[HONEST]])
+        best = int(np.flatnonzero(aucs == aucs.max())[-1])
+        val_auc, val_acc, threshold, scores = history[HONEST][best]
+        out[HONEST] = _result(scores, test_member, threshold, epoch=float(best + 1), val_auc=val_auc,
+                              val_accuracy=val_acc, n_val=float(len(val_member)))
     return out
 
 
@@ -186,4 +194,9 @@ def run_attacks(
         out.update(learned_mlp_attacks(model, sets, cfg, seed, mlp, desc))
     if LOSS in cfg.attacks:
         out[LOSS] = loss_threshold_attack(model, sets, cfg.loss_attack_draws, seed + 7)
+    diffusion = [a for a in cfg.attacks if a in DIFFUSION]
+    if diffusion:
+        from .diffusion_attacks import run_diffusion_attacks  # imports this module
+
+        out.update(run_diffusion_attacks(model, sets, cfg, seed + 11, diffusion))
     return {a: out[a] for a in cfg.attacks}

@@ -3,7 +3,10 @@
 ASR is the attack's accuracy on D_te at its chosen threshold (Choquette-Choo et al. 2021, as
 in the SMP-LoRA paper); AUC is reported raw and as |AUC - 0.5| / 0.5, the paper's column, since
 a defence that inverts the signal leaks as much as one that keeps it. TPR at a fixed FPR is the
-largest TPR on the ROC curve whose FPR does not exceed the target (Carlini et al. 2022).
+largest TPR on the ROC curve whose FPR does not exceed the target (Carlini et al. 2022), and
+only where it can be measured: with n non-members the smallest non-zero FPR is 1/n, so TPR at
+FPR x is reported only when n >= 1/x (otherwise None, with the reason in ``unmeasurable``). The
+AUC gets a stratified percentile-bootstrap confidence interval.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-LEAKAGE_KEYS = ("auc", "auc_dev", "asr", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "n_members", "n_nonmembers")
+LOW_FPRS = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01, "tpr_at_5pct_fpr": 0.05}
+LEAKAGE_KEYS = ("auc", "auc_dev", "auc_ci_low", "auc_ci_high", "asr", *LOW_FPRS, "n_members", "n_nonmembers", "unmeasurable")
+BOOTSTRAP_RESAMPLES = 1000
+CI_LEVEL = 0.95
 
 
 def _check(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,20 +58,46 @@ def attack_success_rate(scores: np.ndarray, is_member: np.ndarray, threshold: fl
     return float(np.mean((scores >= threshold) == is_member))
 
 
-def leakage_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every leakage number for one attack on one target, with its sample sizes."""
+def auc_interval(
+    scores: np.ndarray, is_member: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap of the AUC, resampling members and non-members separately (seeded)."""
+    scores, is_member = _check(scores, is_member)
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[is_member], scores[~is_member]
+    from scipy.stats import rankdata
+
+    aucs = np.empty(resamples)
+    n_p, n_n = len(pos), len(neg)
+    for i in range(resamples):
+        both = np.concatenate([rng.choice(pos, n_p), rng.choice(neg, n_n)])
+        ranks = rankdata(both)  # Mann-Whitney: ties get average ranks, i.e. count half
+        aucs[i] = (ranks[:n_p].sum() - n_p * (n_p + 1) / 2) / (n_p * n_n)
+    alpha = (1 - level) / 2
+    return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
+
+
+def leakage_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float, seed: int = 0) -> dict:
+    """Every leakage number for one attack on one target, with its sample sizes.
+
+    TPR at an FPR the non-members cannot resolve is None, and ``unmeasurable`` says why.
+    """
     scores, is_member = _check(scores, is_member)
     fpr, tpr, _ = roc_curve(is_member, scores)
     auc = float(roc_auc_score(is_member, scores))
-    return {
-        "auc": auc,
-        "auc_dev": abs(auc - 0.5) / 0.5,
-        "asr": attack_success_rate(scores, is_member, threshold),
-        "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 0.01),
-        "tpr_at_5pct_fpr": tpr_at_fpr(fpr, tpr, 0.05),
-        "n_members": int(is_member.sum()),
-        "n_nonmembers": int((~is_member).sum()),
-    }
+    low, high = auc_interval(scores, is_member, seed=seed)
+    n_non = int((~is_member).sum())
+    out: dict = {"auc": auc, "auc_dev": abs(auc - 0.5) / 0.5, "auc_ci_low": low, "auc_ci_high": high,
+                 "asr": attack_success_rate(scores, is_member, threshold)}
+    unmeasurable = {}
+    for key, target in LOW_FPRS.items():
+        if n_non * target >= 1 - 1e-9:
+            out[key] = tpr_at_fpr(fpr, tpr, target)
+        else:
+            out[key] = None
+            unmeasurable[key] = f"{n_non} non-members resolve FPR only down to 1/{n_non} = {1 / n_non:.3g} > {target:g}"
+    out.update(n_members=int(is_member.sum()), n_nonmembers=n_non, unmeasurable=unmeasurable)
+    return out
 
 
 def roc_points(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

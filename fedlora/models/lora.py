@@ -164,3 +164,32 @@ def save_adapter(directory: str | Path, state: Mapping[str, torch.Tensor], model
         safe_serialization=True,
     )
     return directory / ADAPTER_WEIGHTS
+
+
+_LORA, _DELTA = "lora/", "delta/"
+
+
+def save_view(path: str | Path, view: ModelView) -> Path:
+    """A ModelView as one safetensors file (``lora/<key>``, ``delta/<module>``), float32."""
+    from safetensors.torch import save_file
+
+    tensors = {_LORA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous() for k, v in (view.lora or {}).items()}
+    tensors |= {_DELTA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous() for k, v in (view.deltas or {}).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"has_lora": str(view.lora is not None)})
+    return path
+
+
+def load_view(path: str | Path) -> ModelView:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (runs written before views/ existed cannot be re-evaluated)")
+    with safe_open(str(path), framework="pt") as fh:
+        keys = list(fh.keys())
+        has_lora = (fh.metadata() or {}).get("has_lora") == "True"
+        lora = {k[len(_LORA):]: fh.get_tensor(k) for k in keys if k.startswith(_LORA)}
+        deltas = {k[len(_DELTA):]: fh.get_tensor(k).double().numpy() for k in keys if k.startswith(_DELTA)}
+    return ModelView(lora=lora if has_lora else None, deltas=deltas or None)

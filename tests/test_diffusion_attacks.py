@@ -1,0 +1,221 @@
+"""PIA, SecMI, SimA-style score norm and GSA-style gradient norms: their maths, their protocol
+(choices on D_aux only) and their power on a deliberately overfit LoRA versus the same UNet with B = 0.
+
+The overfit target is the embedded MNIST base (pretrained on the public split) with a rank-8 LoRA
+trained hard on 24 private members; on the random ``tiny_base`` a LoRA learns a generic denoiser
+first and shows no member/non-member loss gap within a test's budget.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from fedlora.config import ConfigError, EvaluationConfig, load_config
+from fedlora.data import load_dataset
+from fedlora.evaluation import diffusion_attacks as da
+from fedlora.evaluation.attacks import AttackSets, Samples, run_attacks
+from fedlora.local_training import ModelRuntime, get_splits, train_lora
+from fedlora.models.lora import ModelView, set_trainable
+from fedlora.privacy.objectives import LoraObjective
+
+ATTACKS = ("pia", "secmi", "score-norm", "gradient-norm")
+TARGETS = "['to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2']"
+
+
+def _scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+class FakeUNet(torch.nn.Module):
+    """ε_θ(x, t, c) = a·x + b (a fixed function); records every query."""
+
+    def __init__(self, slope: float = 0.0, shape=(4, 8, 8)):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(7)))
+        self.slope = slope
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.calls.append((x.detach().clone(), t.detach().clone()))
+        return SimpleNamespace(sample=self.slope * x + self.bias)
+
+
+def _fake(slope: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(unet=FakeUNet(slope), scheduler=_scheduler())
+
+
+def _random_samples(n: int, seed: int) -> Samples:
+    gen = torch.Generator().manual_seed(seed)
+    return Samples(torch.randn((n, 4, 8, 8), generator=gen), torch.randn((n, 3, 5), generator=gen))
+
+
+# ---------------------------------------------------------------- maths
+
+
+def test_ddim_inversion_then_denoising_with_the_same_eps_is_the_identity():
+    alphas = _scheduler().alphas_cumprod.double()
+    gen = torch.Generator().manual_seed(0)
+    x, eps = (torch.randn((3, 4, 8, 8), generator=gen, dtype=torch.float64) for _ in range(2))
+    for t, k in [(0, 10), (100, 10), (500, 250)]:
+        up = da.ddim_step(x, eps, float(alphas[t]), float(alphas[t + k]))
+        assert not torch.allclose(up, x)
+        torch.testing.assert_close(da.ddim_step(up, eps, float(alphas[t + k]), float(alphas[t])), x, rtol=0, atol=1e-12)
+
+
+def test_secmi_t_error_vanishes_when_eps_theta_ignores_x_and_t():
+    model = _fake(slope=0.0)
+    samples = _random_samples(5, 1)
+    scores = da.secmi_scores(model, samples, t_sec=100, k=10)
+    assert scores.shape == (5,) and np.all(np.abs(scores) < 1e-8)
+    ts = [int(t[0]) for _, t in model.unet.calls]
+    assert ts == list(range(0, 101, 10)) + [110]  # inversion 0 -> 100 in steps of 10, up to 110, back
+    # a predictor that depends on x breaks the round trip
+    assert np.all(da.secmi_scores(_fake(slope=0.5), samples, 100, 10) < -1e-6)
+
+
+def test_pia_builds_x_t_as_add_noise_with_eps_0_and_sima_queries_the_clean_latent():
+    model = _fake(slope=0.3)
+    samples = _random_samples(4, 2)
+    scores = da.pia_scores(model, samples, [50, 300])
+    assert scores.shape == (2, 4)
+    (x0_in, t0), (x50, t50), (x300, t300) = model.unet.calls
+    torch.testing.assert_close(x0_in, samples.latents)
+    assert t0.tolist() == [0] * 4 and t50.tolist() == [50] * 4 and t300.tolist() == [300] * 4
+    eps0 = 0.3 * samples.latents + model.unet.bias.detach()
+    for x_t, t in [(x50, 50), (x300, 300)]:
+        expected = model.scheduler.add_noise(samples.latents, eps0, torch.full((4,), t))
+        torch.testing.assert_close(x_t, expected, rtol=1e-6, atol=1e-6)
+    # score = -sum |eps_theta(x_t, t) - eps0|^4
+    err = 0.3 * x50 + model.unet.bias.detach() - eps0
+    np.testing.assert_allclose(scores[0], -err.abs().pow(4).flatten(1).sum(1).numpy(), rtol=1e-5)
+
+    model = _fake(slope=0.3)
+    norms = da.score_norm_scores(model, samples, [1, 25], p=4)
+    (x_a, t_a), (x_b, t_b) = model.unet.calls
+    torch.testing.assert_close(x_a, samples.latents)
+    torch.testing.assert_close(x_b, samples.latents)
+    assert t_a.tolist() == [1] * 4 and t_b.tolist() == [25] * 4
+    eps = 0.3 * samples.latents + model.unet.bias.detach()
+    np.testing.assert_allclose(norms[0], -eps.abs().pow(4).flatten(1).sum(1).numpy(), rtol=1e-5)
+
+
+def test_timesteps_outside_the_schedule_are_refused_with_the_key():
+    model = _fake()
+    sets = AttackSets(*(_random_samples(4, s) for s in range(4)))
+    with pytest.raises(ValueError, match=r"evaluation\.pia_timesteps = \[50, 1000\]"):
+        da.pia_attack(model, sets, (50, 1000))
+    with pytest.raises(ValueError, match=r"evaluation\.score_norm_timesteps"):
+        da.score_norm_attack(model, sets, (1000,))
+    with pytest.raises(ValueError, match=r"evaluation\.secmi_t = 995 and evaluation\.secmi_k = 10"):
+        da.secmi_attack(model, sets, 995, 10)
+    with pytest.raises(ValueError, match=r"evaluation\.gradient_norm_timesteps"):
+        da.gradient_norm_attack(model, sets, (10, 2000), seed=0)
+
+
+def test_config_keys():
+    cfg = load_config(None, ["evaluation.attacks=['pia', 'secmi', 'score-norm', 'gradient-norm', 'loss-threshold']",
+                             "evaluation.pia_timesteps=[20, 40]", "evaluation.secmi_t=50", "evaluation.secmi_k=5"])
+    assert cfg.evaluation.pia_timesteps == (20, 40) and cfg.evaluation.secmi_t == 50
+    assert EvaluationConfig().attacks == ("learned-mlp-paper", "learned-mlp", "loss-threshold")  # opt-in
+    for bad, msg in [("evaluation.pia_timesteps=[]", "at least one timestep"),
+                     ("evaluation.score_norm_timesteps=[0, 10]", "at least 1"),
+                     ("evaluation.secmi_k=0", "below the minimum"),
+                     ("evaluation.secmi_k=200", "must not exceed"),
+                     ("evaluation.diffusion_attack_sign='maybe'", "not allowed")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, [bad])
+
+
+# ---------------------------------------------------------------- on a real overfit LoRA
+
+
+@pytest.fixture(scope="module")
+def overfit():
+    """Rank-8 LoRA (attention + resnet convs) trained 400 AdamW steps at lr 1e-2 on 24 members."""
+    cfg = load_config("configs/smoke.toml", [
+        "data.dataset='mnist'", "data.members_per_client=24", "data.nonmembers_per_client=48",
+        "model.lora_rank=8", "model.lora_alpha=8.0", f"model.lora_targets={TARGETS}",
+        "train.local_steps=400", "train.batch_size=16", "train.learning_rate=1e-2", "train.max_grad_norm=0.0",
+        f"evaluation.attacks={list(ATTACKS)}", "evaluation.pia_timesteps=[10, 50, 100, 200, 300]",
+        "evaluation.secmi_t=50", "evaluation.secmi_k=10", "evaluation.gradient_norm_timesteps=[50, 250, 450, 650, 850]",
+    ])
+    runtime = ModelRuntime(cfg)  # not the process cache: this adapter is for this module only
+    dataset = load_dataset(cfg.data)
+    split = get_splits(cfg).clients[0]  # the private pool: never seen by the base
+    enc = lambda ids: runtime.encode(dataset, ids)  # noqa: E731
+    sets = AttackSets(enc(split.member_aux), enc(split.nonmember_aux), enc(split.member_test), enc(split.nonmember_test))
+    train_lora(runtime, enc(split.members), cfg.train, LoraObjective(), seed=0)
+    return SimpleNamespace(cfg=cfg, runtime=runtime, sets=sets, trained=runtime.get_lora())
+
+
+def test_every_attack_finds_the_overfit_members_and_not_those_of_an_untouched_lora(overfit):
+    rt, sets = overfit.runtime, overfit.sets
+    assert len(sets.member_test) == 12 and len(sets.nonmember_test) == 24
+    found = {}
+    for name, view in [("overfit", ModelView(lora=overfit.trained)), ("reset", ModelView())]:
+        rt.show(view)
+        results = run_attacks(rt, sets, overfit.cfg.evaluation, seed=0)
+        assert list(results) == list(ATTACKS)
+        found[name] = {a: r.metrics["auc"] for a, r in results.items()}
+        for a, r in results.items():
+            assert r.metrics["n_members"] == 12 and r.metrics["n_nonmembers"] == 24
+            assert "threshold" in r.details and (a == "gradient-norm" or "t" in r.details)
+    rt.show(ModelView(lora=overfit.trained))
+    print("AUC", found)
+    for a in ATTACKS:
+        assert found["overfit"][a] > 0.75, (a, found)
+        # 12 vs 24 test samples: the AUC of a blind score has a standard deviation of about 0.1
+        assert abs(found["reset"][a] - 0.5) < 0.3, (a, found)
+
+
+def test_choices_are_made_on_aux_only(overfit, monkeypatch):
+    """Swapping the test labels flips the test AUC but leaves t, sign and threshold alone."""
+    rt, s = overfit.runtime, overfit.sets
+    rt.show(ModelView(lora=overfit.trained))
+    swapped = AttackSets(s.member_aux, s.nonmember_aux, s.nonmember_test, s.member_test)
+    for attack in (lambda sets: da.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
+                   lambda sets: da.score_norm_attack(rt, sets, (1, 10, 100)),
+                   lambda sets: da.secmi_attack(rt, sets, 50, 10)):
+        a, b = attack(s), attack(swapped)
+        for key in ("t", "sign", "threshold", "aux_auc"):
+            assert a.details[key] == b.details[key], key
+        assert a.metrics["auc"] == pytest.approx(1 - b.metrics["auc"])
+
+    # D_te is scored once, at the t chosen on aux
+    seen: list[tuple[int, int]] = []
+    real = da.pia_scores
+
+    def spy(model, samples, ts, p=4.0):
+        seen.append((len(samples), len(ts)))
+        return real(model, samples, ts, p)
+
+    monkeypatch.setattr(da, "pia_scores", spy)
+    res = da.pia_attack(rt, s, (10, 50, 100, 200, 300))
+    assert seen == [(36, 5), (36, 1)] and res.details["t"] in (10, 50, 100, 200, 300)  # 12 + 24 aux, then 12 + 24 test
+
+
+def test_gradient_attack_leaves_no_grad_and_restores_flags(overfit):
+    rt, s = overfit.runtime, overfit.sets
+    rt.show(ModelView(lora=overfit.trained))
+    unet = rt.unet
+    set_trainable(unet, train_a=False)  # an FFA-style client: A frozen
+    unet.train()
+    for p in unet.parameters():
+        p.grad = None
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    try:
+        few = Samples(s.member_aux.latents[:3], s.member_aux.cond[:3])
+        a = da.gradient_norm_features(rt, few, (100, 500), seed=5)
+        b = da.gradient_norm_features(rt, few, (100, 500), seed=5)
+        assert all(p.grad is None for p in unet.parameters())
+        assert {n: p.requires_grad for n, p in unet.named_parameters()} == flags
+        assert unet.training
+        assert a.shape == (3, len(da.lora_parameters(unet))) and np.all(a > 0)
+        np.testing.assert_array_equal(a, b)  # seeded eps: deterministic
+        assert not np.array_equal(a, da.gradient_norm_features(rt, few, (100, 500), seed=6))
+    finally:
+        set_trainable(unet, train_a=True)
+        unet.eval()
