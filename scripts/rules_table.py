@@ -43,15 +43,17 @@ ATTACKS = ("learned-mlp", "loss-threshold")
 START, END = "<!-- rules-table:start -->", "<!-- rules-table:end -->"
 
 
-def cells(partitions: list[str], rules: list[str], methods: list[str], variants: list[str]) -> list[tuple[str, list[str]]]:
-    out = []
-    for part in partitions:
-        for rule in rules:
-            for method in methods:
-                extra = PARTITIONS[part] + [f"federation.aggregation='{rule}'", f"train.method='{method}'"]
-                out.append((f"{part}-{rule}-{method}", extra + (SMP if method == "smp-lora" else [])))
-    for v in variants:
-        out.append((f"iid-{v}-lora", PARTITIONS["iid"] + ["train.method='lora'"] + VARIANTS[v]))
+def cells(partitions: list[str], rules: list[str], methods: list[str], variants: list[str],
+          non_iid_methods: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    def cell(part: str, rule: str, method: str) -> tuple[str, list[str]]:
+        extra = PARTITIONS[part] + [f"federation.aggregation='{rule}'", f"train.method='{method}'"]
+        return f"{part}-{rule}-{method}", extra + (SMP if method == "smp-lora" else [])
+
+    # run order: the IID table, the variants, then non-IID LoRA before the slower non-IID SMP-LoRA
+    out = [cell("iid", r, m) for r in rules for m in methods] if "iid" in partitions else []
+    out += [(f"iid-{v}-lora", PARTITIONS["iid"] + ["train.method='lora'"] + VARIANTS[v]) for v in variants]
+    for part in (p for p in partitions if p != "iid"):
+        out += [cell(part, r, m) for m in (non_iid_methods or methods) for r in rules]
     return out
 
 
@@ -157,13 +159,15 @@ def main() -> int:
     ap.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--non-iid-methods", nargs="+", default=None, choices=list(METHODS),
+                    help="methods for the non-IID partitions (default: --methods)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/rules")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     runs = (ROOT / args.runs).resolve()
-    plan = cells(args.partitions, args.rules, args.methods, args.variants)
+    plan = cells(args.partitions, args.rules, args.methods, args.variants, args.non_iid_methods)
     if not args.table_only:
         for name, extra in plan:
             run_one(runs, name, extra, args.seed)
@@ -177,7 +181,8 @@ def main() -> int:
     command = (
         "RAY_ADDRESS=local .venv/bin/python scripts/rules_table.py"
         f" --partitions {' '.join(args.partitions)} --rules {' '.join(args.rules)} --methods {' '.join(args.methods)}"
-        + (f" --variants {' '.join(args.variants)}" if args.variants else " --variants") + f" --seed {args.seed}"
+        + (f" --variants {' '.join(args.variants)}" if args.variants else " --variants")
+        + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "") + f" --seed {args.seed}"
     )
     lines = table(runs, plan, args.seed, command)
     write_section(ROOT / args.out, lines)
