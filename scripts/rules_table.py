@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doc_sections import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/default.toml"
@@ -41,7 +42,7 @@ VARIANTS = {
 }
 # the loss attack only: the learned MLP's honest selection changed while this table was being run
 ATTACKS = ("loss-threshold",)
-START, END = "<!-- rules-table:start -->", "<!-- rules-table:end -->"
+SECTION = "rules-table"
 
 
 def cells(partitions: list[str], rules: list[str], methods: list[str], variants: list[str],
@@ -118,7 +119,6 @@ def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str
     g = any_s["privacy"]["global"][ATTACKS[0]]
     client_n = next(iter(any_s["privacy"]["clients"].values()))["loss-threshold"]
     lines = [
-        START,
         "## Aggregation rules × methods, and DP (default federated config)",
         "",
         "Written by `scripts/rules_table.py`; reproduce with",
@@ -148,20 +148,7 @@ def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [row(name, s, runs / f"{name}-s{seed}") for name, s in summaries.items()]
-    lines += ["", END]
-    return lines
-
-
-def write_section(path: Path, lines: list[str]) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = "\n".join(lines) + "\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + block + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
+    return lines + [""]
 
 
 def main() -> int:
@@ -196,7 +183,7 @@ def main() -> int:
         + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "") + f" --seed {args.seed}"
     )
     lines = table(runs, plan, args.seed, command)
-    write_section(ROOT / args.out, lines)
+    write_section(ROOT / args.out, SECTION, lines)
     print("\n".join(lines))
     print(f"[rules_table] wrote {args.out}", file=sys.stderr)
     return 0
