@@ -62,11 +62,13 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
                        adapter_rank=int(old.get("adapter_rank", 0)))
     t0 = time.perf_counter()
     summary = evaluate_outputs(outputs, cfg, runtime, splits, view, clients, result, t0, started=None)
+    # timing stays the training run's; the re-evaluation's own time is added next to it
+    summary["timing"] = {**old.get("timing", {}), "reevaluate_s": result.timing.eval_s}
     if not clients and old["privacy"].get("clients") and cfg.evaluation.attack_clients:
         # a run from before views/ existed: its client updates are gone, keep their training-time audit
         summary["privacy"]["clients"] = old["privacy"]["clients"]
         summary["privacy"]["clients_from"] = "training-time audit (no saved client updates to re-attack)"
-        outputs.write_json(SUMMARY_FILE, summary)
-        write_html_report(root)
+    outputs.write_json(SUMMARY_FILE, summary)
+    write_html_report(root)
     (root / CONFIG_FILE).write_text(cfg.to_toml())  # the evaluation keys now match summary.json
     return summary
