@@ -282,7 +282,7 @@ def client_round(
         init = _numpy(lora_state(runtime.unet))
     else:
         init = _numpy(runtime.initial)
-    setup = client_setup(cfg, client_id, server_round, _numpy(payload), _numpy(kept), init)
+    setup = client_setup(cfg, client_id, _numpy(payload), _numpy(kept), init)
     runtime.base.set(setup.base_deltas)
     load_lora_state(runtime.unet, _torch(setup.adapter))
     implicit = cfg.privacy.dp == "implicit-dp"

@@ -80,7 +80,7 @@ class ClientSetup:
 
 
 def client_setup(
-    cfg: ExperimentConfig, client_id: int, server_round: int, payload: Mapping[str, np.ndarray],
+    cfg: ExperimentConfig, client_id: int, payload: Mapping[str, np.ndarray],
     kept: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray],
 ) -> ClientSetup:
     """Turn what arrived (``payload``) and what the client kept into the adapter it trains.

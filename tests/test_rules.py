@@ -54,7 +54,7 @@ def run_rounds(cfg, rounds=2, weights=(1.0, 2.0, 3.0)):
         uploads, eval_only = {}, {}
         for c in range(n):
             init = init_adapter(client_rank(cfg, c), seed=0 if cfg.federation.aggregation != "flora" else 100 * rnd + c)
-            setup = client_setup(cfg, c, rnd, payloads[c], kept[c], init)
+            setup = client_setup(cfg, c, payloads[c], kept[c], init)
             trained = train(setup.adapter, seed=10 * rnd + c, train_a=cfg.federation.aggregation != "ffa")
             uploads[c] = client_upload(cfg, trained)
             kept[c] = client_keep(cfg, trained, setup)
@@ -122,7 +122,7 @@ def test_heterogeneous_ranks_2_4_8_give_the_exact_weighted_mean(rule):
         # FLoRA: everyone downloads the stack of rank 2+4+8 and merges it into its base
         for c in range(3):
             assert nxt[c][f"{LIN}.lora_A.weight"].shape[0] == 14
-            merged = client_setup(cfg, c, 2, nxt[c], kept[c], init_adapter(client_rank(cfg, c), seed=7)).base_deltas
+            merged = client_setup(cfg, c, nxt[c], kept[c], init_adapter(client_rank(cfg, c), seed=7)).base_deltas
             for prefix in expected:
                 np.testing.assert_allclose(merged[prefix], expected[prefix], rtol=1e-6, atol=1e-9)
 
@@ -149,7 +149,7 @@ def test_svd_first_round_restarts_dead_directions_without_changing_the_product()
     payload = server.payload(1)  # W = 0: all-zero factors, which could never train
     assert all(not np.any(v) for v in payload.values())
     init = init_adapter(4, seed=3)
-    adapter = client_setup(cfg, 1, 1, payload, {}, init).adapter
+    adapter = client_setup(cfg, 1, payload, {}, init).adapter
     assert np.array_equal(adapter[f"{LIN}.lora_A.weight"], init[f"{LIN}.lora_A.weight"])
     assert not np.any(adapter[f"{LIN}.lora_B.weight"])
 
