@@ -219,3 +219,20 @@ def test_gradient_attack_leaves_no_grad_and_restores_flags(overfit):
     finally:
         set_trainable(unet, train_a=True)
         unet.eval()
+
+
+def test_loss_and_learned_attacks_also_find_the_overfit_members(overfit):
+    """The earlier attacks under the same protocol: clearly above chance on the overfit LoRA, not on B = 0."""
+    import dataclasses
+
+    cfg = dataclasses.replace(overfit.cfg.evaluation, attacks=("loss-threshold", "learned-mlp"), attack_epochs=20,
+                              attack_learning_rate=1e-3, attack_feature_draws=4, loss_attack_draws=8)
+    rt, found = overfit.runtime, {}
+    for name, view in [("overfit", ModelView(lora=overfit.trained)), ("reset", ModelView())]:
+        rt.show(view)
+        found[name] = {a: r.metrics["auc"] for a, r in run_attacks(rt, overfit.sets, cfg, seed=0).items()}
+    rt.show(ModelView(lora=overfit.trained))
+    print("AUC", found)
+    for a in cfg.attacks:
+        assert found["overfit"][a] > 0.75, (a, found)
+        assert abs(found["reset"][a] - 0.5) < 0.3, (a, found)
