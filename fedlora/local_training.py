@@ -305,13 +305,14 @@ def client_round(
         stats.extra["attacker_updates"] = float(attacker.updates)
     trained = runtime.get_lora()
     trained_np = _numpy(trained)
-    eval_only = _torch(client_keep(cfg, trained_np, setup)) if rule.keeps_b else {}
+    kept = client_keep(cfg, trained_np, setup)
+    eval_only = _torch(kept) if rule.keeps_b else {}  # FedSA: the B it keeps, shown to the audit only
     return ClientRoundResult(
         state=trained,
         stats=stats,
         objective_state=objective.state_dict(),
         upload=_torch(client_upload(cfg, trained_np)),
-        kept={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in client_keep(cfg, trained_np, setup).items()},
+        kept={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in kept.items()},
         eval_only=eval_only,
         dp_state=dp_out,
     )

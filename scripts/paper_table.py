@@ -257,7 +257,10 @@ def main() -> int:
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("summary.json", "metrics.jsonl", "config.toml"):
             if (summary.parent / name).exists():
-                (dst / name).write_bytes((summary.parent / name).read_bytes())
+                text = (summary.parent / name).read_text()
+                if name == "config.toml" and runs.is_relative_to(ROOT):  # no machine paths in the repo
+                    text = text.replace(f'"{runs}"', f'"{runs.relative_to(ROOT)}"')
+                (dst / name).write_text(text)
     lines = header(args) + table(runs, args.settings, args.methods, args.seeds, tags) + step_time()
     lines += attack_table(runs, args.settings, args.methods, args.seeds)
     out = ROOT / args.out
