@@ -247,6 +247,25 @@ def client_round(
     kept: Mapping[str, torch.Tensor] | None = None,
     dp_state: Mapping[str, torch.Tensor] | None = None,
 ) -> ClientRoundResult:
+    """One client's round with torch's global generator seeded from (run seed, client, round).
+
+    The proxy attacker's dropout draws from that generator; unseeded, its masks depended on
+    whatever the Ray worker had run before, so MP-/SMP-LoRA numbers changed from run to run.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(round_seed(cfg.run.seed, client_id, server_round, 5))
+        return _client_round(cfg, client_id, payload, server_round, objective_state, kept, dp_state)
+
+
+def _client_round(
+    cfg: ExperimentConfig,
+    client_id: int,
+    payload: Mapping[str, torch.Tensor],
+    server_round: int,
+    objective_state: Mapping[str, torch.Tensor] | None = None,
+    kept: Mapping[str, torch.Tensor] | None = None,
+    dp_state: Mapping[str, torch.Tensor] | None = None,
+) -> ClientRoundResult:
     """Build the adapter from what the server sent (``payload``) and what this client kept, train
     on its members, and return what the aggregation rule uploads and keeps.
 
