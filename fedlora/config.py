@@ -120,7 +120,7 @@ class EvaluationConfig:
     kid_fid: bool = False  # KID/FID with the offline Inception network (about 0.1-2 s per image on CPU)
     kid_fid_samples: int = 64
     # Membership-inference evaluation of the final global model and of each client's last update.
-    # pia, secmi, score-norm and gradient-norm are opt-in (evaluation/diffusion_attacks.py).
+    # pia, secmi, score-norm and gradient-norm are opt-in (fedlora/evaluation/attacks/).
     attacks: tuple[
         Literal["learned-mlp-paper", "learned-mlp", "loss-threshold", "pia", "secmi", "score-norm", "gradient-norm"], ...
     ] = (

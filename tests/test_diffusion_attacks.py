@@ -15,7 +15,7 @@ from diffusers import DDPMScheduler
 
 from fedlora.config import ConfigError, EvaluationConfig, load_config
 from fedlora.data import load_dataset
-from fedlora.evaluation import diffusion_attacks as da
+from fedlora.evaluation.attacks import gradient_norm, pia, score_norm, secmi
 from fedlora.evaluation.attacks import AttackSets, Samples, run_attacks
 from fedlora.local_training import ModelRuntime, get_splits, train_lora
 from fedlora.models.lora import ModelView, set_trainable
@@ -60,26 +60,26 @@ def test_ddim_inversion_then_denoising_with_the_same_eps_is_the_identity():
     gen = torch.Generator().manual_seed(0)
     x, eps = (torch.randn((3, 4, 8, 8), generator=gen, dtype=torch.float64) for _ in range(2))
     for t, k in [(0, 10), (100, 10), (500, 250)]:
-        up = da.ddim_step(x, eps, float(alphas[t]), float(alphas[t + k]))
+        up = secmi.ddim_step(x, eps, float(alphas[t]), float(alphas[t + k]))
         assert not torch.allclose(up, x)
-        torch.testing.assert_close(da.ddim_step(up, eps, float(alphas[t + k]), float(alphas[t])), x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(secmi.ddim_step(up, eps, float(alphas[t + k]), float(alphas[t])), x, rtol=0, atol=1e-12)
 
 
 def test_secmi_t_error_vanishes_when_eps_theta_ignores_x_and_t():
     model = _fake(slope=0.0)
     samples = _random_samples(5, 1)
-    scores = da.secmi_scores(model, samples, t_sec=100, k=10)
+    scores = secmi.secmi_scores(model, samples, t_sec=100, k=10)
     assert scores.shape == (5,) and np.all(np.abs(scores) < 1e-8)
     ts = [int(t[0]) for _, t in model.unet.calls]
     assert ts == list(range(0, 101, 10)) + [110]  # inversion 0 -> 100 in steps of 10, up to 110, back
     # a predictor that depends on x breaks the round trip
-    assert np.all(da.secmi_scores(_fake(slope=0.5), samples, 100, 10) < -1e-6)
+    assert np.all(secmi.secmi_scores(_fake(slope=0.5), samples, 100, 10) < -1e-6)
 
 
 def test_pia_builds_x_t_as_add_noise_with_eps_0_and_sima_queries_the_clean_latent():
     model = _fake(slope=0.3)
     samples = _random_samples(4, 2)
-    scores = da.pia_scores(model, samples, [50, 300])
+    scores = pia.pia_scores(model, samples, [50, 300])
     assert scores.shape == (2, 4)
     (x0_in, t0), (x50, t50), (x300, t300) = model.unet.calls
     torch.testing.assert_close(x0_in, samples.latents)
@@ -93,7 +93,7 @@ def test_pia_builds_x_t_as_add_noise_with_eps_0_and_sima_queries_the_clean_laten
     np.testing.assert_allclose(scores[0], -err.abs().pow(4).flatten(1).sum(1).numpy(), rtol=1e-5)
 
     model = _fake(slope=0.3)
-    norms = da.score_norm_scores(model, samples, [1, 25], p=4)
+    norms = score_norm.score_norm_scores(model, samples, [1, 25], p=4)
     (x_a, t_a), (x_b, t_b) = model.unet.calls
     torch.testing.assert_close(x_a, samples.latents)
     torch.testing.assert_close(x_b, samples.latents)
@@ -106,13 +106,13 @@ def test_timesteps_outside_the_schedule_are_refused_with_the_key():
     model = _fake()
     sets = AttackSets(*(_random_samples(4, s) for s in range(4)))
     with pytest.raises(ValueError, match=r"evaluation\.pia_timesteps = \[50, 1000\]"):
-        da.pia_attack(model, sets, (50, 1000))
+        pia.pia_attack(model, sets, (50, 1000))
     with pytest.raises(ValueError, match=r"evaluation\.score_norm_timesteps"):
-        da.score_norm_attack(model, sets, (1000,))
+        score_norm.score_norm_attack(model, sets, (1000,))
     with pytest.raises(ValueError, match=r"evaluation\.secmi_t = 995 and evaluation\.secmi_k = 10"):
-        da.secmi_attack(model, sets, 995, 10)
+        secmi.secmi_attack(model, sets, 995, 10)
     with pytest.raises(ValueError, match=r"evaluation\.gradient_norm_timesteps"):
-        da.gradient_norm_attack(model, sets, (10, 2000), seed=0)
+        gradient_norm.gradient_norm_attack(model, sets, (10, 2000), seed=0)
 
 
 def test_config_keys():
@@ -176,9 +176,9 @@ def test_choices_are_made_on_aux_only(overfit, monkeypatch):
     rt, s = overfit.runtime, overfit.sets
     rt.show(ModelView(lora=overfit.trained))
     swapped = AttackSets(s.member_aux, s.nonmember_aux, s.nonmember_test, s.member_test)
-    for attack in (lambda sets: da.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
-                   lambda sets: da.score_norm_attack(rt, sets, (1, 10, 100)),
-                   lambda sets: da.secmi_attack(rt, sets, 50, 10)):
+    for attack in (lambda sets: pia.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
+                   lambda sets: score_norm.score_norm_attack(rt, sets, (1, 10, 100)),
+                   lambda sets: secmi.secmi_attack(rt, sets, 50, 10)):
         a, b = attack(s), attack(swapped)
         for key in ("t", "sign", "threshold", "aux_auc"):
             assert a.details[key] == b.details[key], key
@@ -186,14 +186,14 @@ def test_choices_are_made_on_aux_only(overfit, monkeypatch):
 
     # D_te is scored once, at the t chosen on aux
     seen: list[tuple[int, int]] = []
-    real = da.pia_scores
+    real = pia.pia_scores
 
     def spy(model, samples, ts, p=4.0):
         seen.append((len(samples), len(ts)))
         return real(model, samples, ts, p)
 
-    monkeypatch.setattr(da, "pia_scores", spy)
-    res = da.pia_attack(rt, s, (10, 50, 100, 200, 300))
+    monkeypatch.setattr(pia, "pia_scores", spy)
+    res = pia.pia_attack(rt, s, (10, 50, 100, 200, 300))
     assert seen == [(36, 5), (36, 1)] and res.details["t"] in (10, 50, 100, 200, 300)  # 12 + 24 aux, then 12 + 24 test
 
 
@@ -208,14 +208,14 @@ def test_gradient_attack_leaves_no_grad_and_restores_flags(overfit):
     flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     try:
         few = Samples(s.member_aux.latents[:3], s.member_aux.cond[:3])
-        a = da.gradient_norm_features(rt, few, (100, 500), seed=5)
-        b = da.gradient_norm_features(rt, few, (100, 500), seed=5)
+        a = gradient_norm.gradient_norm_features(rt, few, (100, 500), seed=5)
+        b = gradient_norm.gradient_norm_features(rt, few, (100, 500), seed=5)
         assert all(p.grad is None for p in unet.parameters())
         assert {n: p.requires_grad for n, p in unet.named_parameters()} == flags
         assert unet.training
-        assert a.shape == (3, len(da.lora_parameters(unet))) and np.all(a > 0)
+        assert a.shape == (3, len(gradient_norm.lora_parameters(unet))) and np.all(a > 0)
         np.testing.assert_array_equal(a, b)  # seeded eps: deterministic
-        assert not np.array_equal(a, da.gradient_norm_features(rt, few, (100, 500), seed=6))
+        assert not np.array_equal(a, gradient_norm.gradient_norm_features(rt, few, (100, 500), seed=6))
     finally:
         set_trainable(unet, train_a=True)
         unet.eval()

@@ -6,7 +6,9 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
 
 from fedlora.config import EvaluationConfig
-from fedlora.evaluation.attacks import AttackSets, Samples, learned_mlp_attacks, loss_threshold_attack, run_attacks
+from fedlora.evaluation.attacks import AttackSets, Samples, run_attacks
+from fedlora.evaluation.attacks.learned_mlp import learned_mlp_attacks
+from fedlora.evaluation.attacks.loss_threshold import loss_threshold_attack
 from fedlora.evaluation.leakage import (
     LEAKAGE_KEYS,
     attack_success_rate,

@@ -1,0 +1,14 @@
+"""Membership-inference attacks: one module per attack, registered in ``fedlora.registry.ATTACKS``.
+
+An attack is a function ``(AttackContext) -> AttackResult`` registered with a key, a one-line
+description and a reference (see ``base`` for the types and ``loss_threshold`` for the shortest
+example). ``run_attacks`` runs the ones ``evaluation.attacks`` names on one target. The imports
+below register the built-ins, in the order the reports list them.
+"""
+
+from . import learned_mlp, loss_threshold, pia, secmi, score_norm, gradient_norm  # noqa: F401  (registration)
+from .base import AttackContext, AttackFn, AttackResult, AttackSets, AttackTarget, Samples, SampleSet
+from .suite import run_attacks
+
+__all__ = ["AttackContext", "AttackFn", "AttackResult", "AttackSets", "AttackTarget", "SampleSet", "Samples",
+           "run_attacks"]
