@@ -2,14 +2,18 @@
 
 The experiment config arrives in every train message, so a client needs nothing but its
 partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``).
-Per-client state that must outlive a round (the objective's, e.g. a proxy attacker) lives
-in ``context.state``.
+Per-client state that must outlive a round (the objective's proxy attacker, the rule's kept
+factors, the DP accountant) lives in ``context.state``. Records are converted to arrays once,
+here, on the way in and on the way out.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
@@ -21,7 +25,7 @@ from fedlora.protocol import (
 )
 
 
-def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
+def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
     """Flower's client-side update clipping, only for runs whose server sends a clipping norm (dp-fedavg)."""
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
@@ -33,8 +37,12 @@ def clipping_when_asked(msg: Message, context: Context, call_next) -> Message:
 app = ClientApp(mods=[clipping_when_asked])
 
 
-def _state(context: Context, key: str) -> dict[str, torch.Tensor] | None:
-    return context.state[key].to_torch_state_dict() if key in context.state else None
+def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 def partition_id(context: Context) -> int:
@@ -54,16 +62,25 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     pid = partition_id(context)
     server_round = int(msg.content[CONFIG]["server-round"])
-    payload = msg.content[ARRAYS].to_torch_state_dict()
+    state = context.state
+
+    def tensors(key: str) -> dict[str, torch.Tensor] | None:
+        return state[key].to_torch_state_dict() if key in state else None
+
     result = client_round(
-        cfg, pid, payload, server_round,
-        objective_state=_state(context, OBJECTIVE_STATE), kept=_state(context, RULE_STATE), dp_state=_state(context, DP_STATE),
+        cfg, pid, arrays_of(msg.content[ARRAYS]), server_round,
+        objective_state=tensors(OBJECTIVE_STATE),
+        kept=arrays_of(state[RULE_STATE]) if RULE_STATE in state else None,
+        dp_state=tensors(DP_STATE),
     )
-    for key, arrays in ((OBJECTIVE_STATE, result.objective_state), (RULE_STATE, result.kept), (DP_STATE, result.dp_state)):
-        if arrays:
-            context.state[key] = ArrayRecord(arrays)
-    rounds_trained = int(context.state[CLIENT_STATE]["rounds-trained"]) if CLIENT_STATE in context.state else 0
-    context.state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
+    if result.objective_state:
+        state[OBJECTIVE_STATE] = ArrayRecord(result.objective_state)
+    if result.kept:
+        state[RULE_STATE] = record_of(result.kept)
+    if result.dp_state:
+        state[DP_STATE] = ArrayRecord(result.dp_state)
+    rounds_trained = int(state[CLIENT_STATE]["rounds-trained"]) if CLIENT_STATE in state else 0
+    state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
     s = result.stats
     metrics = {
         NUM_EXAMPLES: s.num_examples,
@@ -78,4 +95,4 @@ def train(msg: Message, context: Context) -> Message:
     }
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
-    return Message(RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({ARRAYS: record_of(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,7 +1,11 @@
 """One typed experiment config: defaults, TOML loading, ``--set`` overrides, validation.
 
-Every key is declared once here (section dataclasses); unknown or ill-typed keys fail at
-load time with the key's dotted name and what is allowed, before any model is built.
+Every key is declared once here, with its allowed range or values next to it (``setting``);
+the allowed values of the extension keys (``data.dataset``, ``train.method``,
+``federation.aggregation``, ``privacy.dp``, ``evaluation.attacks``) are the keys of their
+registries in ``fedlora.registry``, and each extension validates the settings it depends on.
+Unknown or ill-typed keys fail at load time with the key's dotted name and what is allowed,
+before any model is built.
 """
 
 from __future__ import annotations
@@ -11,13 +15,30 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
+from typing import Any, Literal, Mapping, Sequence, TypeVar, get_args, get_origin
+
+import tomli_w
+
+from .errors import ConfigError
+from .registry import ATTACKS, DATASETS, DP_MODES, OBJECTIVES, RULES, Registry
 
 EMBEDDED_BASE = "embedded"
+T = TypeVar("T")
+
+__all__ = ["ConfigError", "EMBEDDED_BASE", "ExperimentConfig", "load_config", "loads_config", "parse_override"]
 
 
-class ConfigError(ValueError):
-    """A config key is unknown, ill-typed or out of range; the message names it."""
+def setting(default: T, *, min: float | None = None, max: float | None = None,
+            choices: Registry[Any] | None = None) -> T:
+    """A config field with its bounds (inclusive) or the registry whose keys it may take."""
+    meta: dict[str, Any] = {}
+    if min is not None:
+        meta["min"] = min
+    if max is not None:
+        meta["max"] = max
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -29,25 +50,25 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["mnist", "digits", "openmoji", "folder"] = "mnist"
+    dataset: str = setting("mnist", choices=DATASETS)
     data_dir: str = ""
-    image_size: int = 32
+    image_size: int = setting(32, min=8, max=512)
     on_bad_image: Literal["error", "skip"] = "error"
     # The public split trains the base model; it depends on public_seed, never on run.seed,
     # so that every run with the same base keeps its private data unseen by that base.
-    public_fraction: float = 0.5
+    public_fraction: float = setting(0.5, min=0.0, max=0.95)
     public_seed: int = 0
     partition: Literal["iid", "dirichlet"] = "iid"
-    dirichlet_alpha: float = 0.5
-    members_per_client: int = 32
-    nonmembers_per_client: int = 32
+    dirichlet_alpha: float = setting(0.5, min=1e-6)
+    members_per_client: int = setting(32, min=2)
+    nonmembers_per_client: int = setting(32, min=2)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     base_model: str = EMBEDDED_BASE
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
+    lora_rank: int = setting(4, min=1)
+    lora_alpha: float = setting(4.0, min=1e-9)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     # How A starts (B always starts at 0): peft's Kaiming-uniform, or N(0, 1/r) as the
     # implicit-DP argument of arXiv 2409.17538 assumes.
@@ -56,11 +77,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: Literal["lora", "mp-lora", "smp-lora"] = "lora"
-    local_steps: int = 20
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    max_grad_norm: float = 1.0
+    method: str = setting("lora", choices=OBJECTIVES)
+    local_steps: int = setting(20, min=1)
+    batch_size: int = setting(8, min=1)
+    learning_rate: float = setting(1e-3, min=1e-12)
+    max_grad_norm: float = setting(1.0, min=0.0)
 
 
 @dataclass(frozen=True)
@@ -71,78 +92,72 @@ class PrivacyConfig:
     --param_alpha=1 (lambda = 1), which its Table 6 shows costs quality.
     """
 
-    mi_lambda: float = 0.05
-    stabilizer: float = 1e-5
-    attacker_steps: int = 1  # k attacker updates per LoRA step
-    attacker_batch_size: int = 4  # members and as many non-members per attacker update
-    attacker_learning_rate: float = 1e-5
-    attacker_weight_decay: float = 1e-4
-    attacker_dropout: float = 0.5
-    # Differential privacy. dp-fedavg: Flower's central DP wrapper (update clipping at
-    # dp_max_grad_norm + Gaussian noise, RDP accountant, user-level); dp-lora: per-sample DP-SGD on
-    # the LoRA parameters with Opacus (sample-level, per client); implicit-dp: A frozen at
+    mi_lambda: float = setting(0.05, min=0.0)
+    stabilizer: float = setting(1e-5, min=1e-12)
+    attacker_steps: int = setting(1, min=0)  # k attacker updates per LoRA step
+    attacker_batch_size: int = setting(4, min=1)  # members and as many non-members per attacker update
+    attacker_learning_rate: float = setting(1e-5, min=1e-12)
+    attacker_weight_decay: float = setting(1e-4, min=0.0)
+    attacker_dropout: float = setting(0.5, min=0.0, max=0.99)
+    # Differential privacy (fedlora/privacy/dp/): dp-fedavg: Flower's central DP wrapper (update
+    # clipping at dp_max_grad_norm + Gaussian noise, RDP accountant, user-level); dp-lora: per-sample
+    # DP-SGD on the LoRA parameters with Opacus (sample-level, per client); implicit-dp: A frozen at
     # N(0, 1/r) and B-gradient rows scaled to dp_max_grad_norm (a heuristic, never a formal epsilon).
-    dp: Literal["none", "dp-fedavg", "dp-lora", "implicit-dp"] = "none"
-    dp_noise_multiplier: float = 1.0
-    dp_max_grad_norm: float = 1.0
-    dp_delta: float = 1e-5
+    dp: str = setting("none", choices=DP_MODES)
+    dp_noise_multiplier: float = setting(1.0, min=0.0)
+    dp_max_grad_norm: float = setting(1.0, min=1e-12)
+    dp_delta: float = setting(1e-5, min=1e-15, max=0.5)
     dp_clipping: Literal["server", "client"] = "server"  # dp-fedavg: who clips the updates
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    num_clients: int = 8
-    rounds: int = 5
-    fraction_train: float = 1.0
-    aggregation: Literal["fedavg", "ffa", "flora", "svd", "fedsa"] = "fedavg"
+    num_clients: int = setting(8, min=1)
+    rounds: int = setting(5, min=1)
+    fraction_train: float = setting(1.0, min=1e-9, max=1.0)
+    aggregation: str = setting("fedavg", choices=RULES)
     # LoRA rank per client for the heterogeneous-rank rules (svd, flora), cycled over client ids;
     # empty: every client uses model.lora_rank.
     client_ranks: tuple[int, ...] = ()
-    round_timeout_s: float = 3600.0
+    round_timeout_s: float = setting(3600.0, min=1.0)
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    num_cpus_per_client: int = 1
-    num_gpus_per_client: float = 0.0
+    num_cpus_per_client: int = setting(1, min=1)
+    num_gpus_per_client: float = setting(0.0, min=0.0)
     ray_address: str = ""  # "" starts a private local Ray instance
-    ray_num_cpus: int = 0  # 0: all cores of this machine
+    ray_num_cpus: int = setting(0, min=0)  # 0: all cores of this machine
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    num_samples: int = 16
-    sample_steps: int = 25
-    guidance_scale: float = 3.0
-    eval_members: int = 64
-    loss_timesteps: int = 8
-    quality_samples: int = 64  # generated images for the caption probe (0 turns it off)
+    num_samples: int = setting(16, min=1)
+    sample_steps: int = setting(25, min=1)
+    guidance_scale: float = setting(3.0, min=0.0)
+    eval_members: int = setting(64, min=1)
+    loss_timesteps: int = setting(8, min=1)
+    quality_samples: int = setting(64, min=0)  # generated images for the caption probe (0 turns it off)
     kid_fid: bool = False  # KID/FID with the offline Inception network (about 0.1-2 s per image on CPU)
-    kid_fid_samples: int = 64
-    # Membership-inference evaluation of the final global model and of each client's last update.
-    # pia, secmi, score-norm and gradient-norm are opt-in (fedlora/evaluation/attacks/).
-    attacks: tuple[
-        Literal["learned-mlp-paper", "learned-mlp", "loss-threshold", "pia", "secmi", "score-norm", "gradient-norm"], ...
-    ] = (
-        "learned-mlp-paper",
-        "learned-mlp",
-        "loss-threshold",
-    )
+    kid_fid_samples: int = setting(64, min=2)
+    # Membership-inference evaluation of the final global model and of each client's last update
+    # (fedlora/evaluation/attacks/); pia, secmi, score-norm and gradient-norm are opt-in.
+    attacks: tuple[str, ...] = setting(("learned-mlp-paper", "learned-mlp", "loss-threshold"), choices=ATTACKS)
     attack_clients: bool = True
-    attack_epochs: int = 100
-    attack_batch_size: int = 8  # members and as many non-members per batch
-    attack_learning_rate: float = 1e-5
-    attack_weight_decay: float = 1e-4
-    attack_val_fraction: float = 0.25  # aux held out to pick the honest attack's epoch and threshold
-    attack_feature_draws: int = 1  # (t, eps) draws averaged into one loss map; the paper uses 1
-    loss_attack_draws: int = 16
+    attack_epochs: int = setting(100, min=1)
+    attack_batch_size: int = setting(8, min=1)  # members and as many non-members per batch
+    attack_learning_rate: float = setting(1e-5, min=1e-12)
+    attack_weight_decay: float = setting(1e-4, min=0.0)
+    attack_val_fraction: float = setting(0.25, min=0.05, max=0.75)  # aux held out for the honest attack's choices
+    attack_feature_draws: int = setting(1, min=1)  # (t, eps) draws averaged into one loss map; the paper uses 1
+    loss_attack_draws: int = setting(16, min=1)
     # Diffusion-specific attacks; each candidate list is searched on D_aux only (best aux AUC).
     # Timesteps index the scheduler's 1000-step schedule and must lie below its num_train_timesteps.
     pia_timesteps: tuple[int, ...] = (50, 100, 200, 300)
-    secmi_t: int = 100  # SecMI's t_sec
-    secmi_k: int = 10  # SecMI's DDIM step size
+    secmi_t: int = setting(100, min=1)  # SecMI's t_sec
+    secmi_k: int = setting(10, min=1)  # SecMI's DDIM step size
     score_norm_timesteps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
-    score_norm_p: float = 4.0  # SimA's norm (the released code sums |eps|^4)
+    score_norm_p: float = setting(4.0, min=1.0)  # SimA's norm (the released code sums |eps|^4)
     gradient_norm_timesteps: tuple[int, ...] = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
     # pia/secmi/score-norm: "paper" keeps the published sign (lower error or norm = member);
     # "from-aux" lets D_aux flip it where members score the other way (details["sign"] = -1).
@@ -155,13 +170,13 @@ class PretrainConfig:
 
     output_dir: str = "fedlora/assets/base"
     seed: int = 0
-    vae_steps: int = 800
-    vae_batch_size: int = 32
-    vae_learning_rate: float = 1e-3
-    unet_steps: int = 3000
-    unet_batch_size: int = 64
-    unet_learning_rate: float = 5e-4
-    caption_dropout: float = 0.1
+    vae_steps: int = setting(800, min=0)
+    vae_batch_size: int = setting(32, min=1)
+    vae_learning_rate: float = setting(1e-3, min=1e-12)
+    unet_steps: int = setting(3000, min=1)
+    unet_batch_size: int = setting(64, min=1)
+    unet_learning_rate: float = setting(5e-4, min=1e-12)
+    caption_dropout: float = setting(0.1, min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -184,77 +199,22 @@ class ExperimentConfig:
         return out
 
     def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
-    def replace(self, **dotted: Any) -> "ExperimentConfig":
+    def replace(self, **dotted: Any) -> ExperimentConfig:
         """A copy with ``section.key`` values replaced (validated like a file)."""
         return from_dict(_merge(self.to_dict(), _nest(dotted)))
 
 
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "data.image_size": (8, 512),
-    "data.public_fraction": (0.0, 0.95),
-    "data.dirichlet_alpha": (1e-6, None),
-    "data.members_per_client": (2, None),
-    "data.nonmembers_per_client": (2, None),
-    "model.lora_rank": (1, None),
-    "model.lora_alpha": (1e-9, None),
-    "train.local_steps": (1, None),
-    "train.batch_size": (1, None),
-    "train.learning_rate": (1e-12, None),
-    "train.max_grad_norm": (0.0, None),
-    "federation.num_clients": (1, None),
-    "federation.rounds": (1, None),
-    "federation.fraction_train": (1e-9, 1.0),
-    "federation.round_timeout_s": (1.0, None),
-    "simulation.num_cpus_per_client": (1, None),
-    "simulation.num_gpus_per_client": (0.0, None),
-    "simulation.ray_num_cpus": (0, None),
-    "evaluation.num_samples": (1, None),
-    "evaluation.sample_steps": (1, None),
-    "evaluation.guidance_scale": (0.0, None),
-    "evaluation.eval_members": (1, None),
-    "evaluation.loss_timesteps": (1, None),
-    "evaluation.quality_samples": (0, None),
-    "evaluation.kid_fid_samples": (2, None),
-    "evaluation.attack_epochs": (1, None),
-    "evaluation.attack_batch_size": (1, None),
-    "evaluation.attack_learning_rate": (1e-12, None),
-    "evaluation.attack_weight_decay": (0.0, None),
-    "evaluation.attack_val_fraction": (0.05, 0.75),
-    "evaluation.loss_attack_draws": (1, None),
-    "evaluation.attack_feature_draws": (1, None),
-    "evaluation.secmi_t": (1, None),
-    "evaluation.secmi_k": (1, None),
-    "evaluation.score_norm_p": (1.0, None),
-    "privacy.mi_lambda": (0.0, None),
-    "privacy.stabilizer": (1e-12, None),
-    "privacy.attacker_steps": (0, None),
-    "privacy.attacker_batch_size": (1, None),
-    "privacy.attacker_learning_rate": (1e-12, None),
-    "privacy.attacker_weight_decay": (0.0, None),
-    "privacy.attacker_dropout": (0.0, 0.99),
-    "privacy.dp_noise_multiplier": (0.0, None),
-    "privacy.dp_max_grad_norm": (1e-12, None),
-    "privacy.dp_delta": (1e-15, 0.5),
-    "pretrain.vae_steps": (0, None),
-    "pretrain.vae_batch_size": (1, None),
-    "pretrain.vae_learning_rate": (1e-12, None),
-    "pretrain.unet_steps": (1, None),
-    "pretrain.unet_batch_size": (1, None),
-    "pretrain.unet_learning_rate": (1e-12, None),
-    "pretrain.caption_dropout": (0.0, 1.0),
-}
+def _allowed(choices: Registry[Any] | None, annotation: Any) -> list[Any] | None:
+    if choices is not None:
+        return list(choices.keys())
+    return list(get_args(annotation)) if get_origin(annotation) is Literal else None
 
 
-def _check_value(key: str, value: Any, annotation: Any) -> Any:
-    origin = get_origin(annotation)
-    if origin is Literal:
-        allowed = get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {list(allowed)}")
-        return value
-    if origin is tuple:
+def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
+    allowed = _allowed(meta.get("choices"), annotation)
+    if get_origin(annotation) is tuple:
         item = get_args(annotation)[0]
         if item is int:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -264,16 +224,20 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
             return tuple(value)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-        if get_origin(item) is Literal:
-            bad = [v for v in value if v not in get_args(item)]
+        if allowed is not None:
+            bad = [v for v in value if v not in allowed]
             if bad:
-                raise ConfigError(f"{key} has {bad!r}; each entry must be one of {list(get_args(item))}")
+                raise ConfigError(f"{key} has {bad!r}; each entry must be one of {allowed}")
             if len(set(value)) != len(value):
                 raise ConfigError(f"{key} lists an entry twice: {list(value)!r}")
             return tuple(value)
         if not value:
             raise ConfigError(f"{key} must not be empty")
         return tuple(value)
+    if allowed is not None:
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r} is not allowed; choose one of {allowed}")
+        return value
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -288,11 +252,10 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
-    lo, hi = _RANGES.get(key, (None, None))
-    if lo is not None and value < lo:
-        raise ConfigError(f"{key} = {value!r} is below the minimum {lo}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key} = {value!r} is above the maximum {hi}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key} = {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key} = {value!r} is above the maximum {meta['max']}")
     return value
 
 
@@ -306,14 +269,15 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
         if not isinstance(value, Mapping):
             raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
     for name, f in sections.items():
-        cls = f.default_factory  # type: ignore[misc]
+        cls: Any = f.default_factory
         hints = typing.get_type_hints(cls)
+        meta = {fld.name: fld.metadata for fld in dataclasses.fields(cls)}
         given = dict(raw.get(name, {}))
         kwargs = {}
         for key, value in given.items():
             if key not in hints:
                 raise ConfigError(f"unknown config key {name}.{key}; allowed keys in [{name}]: {sorted(hints)}")
-            kwargs[key] = _check_value(f"{name}.{key}", value, hints[key])
+            kwargs[key] = _check_value(f"{name}.{key}", value, hints[key], meta[key])
         built[name] = cls(**kwargs)
     cfg = ExperimentConfig(**built)
     _check_consistency(cfg)
@@ -321,8 +285,8 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def _check_consistency(cfg: ExperimentConfig) -> None:
-    if cfg.data.dataset == "folder" and not cfg.data.data_dir:
-        raise ConfigError("data.dataset = 'folder' needs data.data_dir (a folder of captioned images)")
+    """Rules across keys; each extension (dataset, rule, objective, DP mode) checks its own."""
+    DATASETS.get(cfg.data.dataset).validate(cfg.data)
     if cfg.data.image_size % 8:
         raise ConfigError(f"data.image_size = {cfg.data.image_size} must be a multiple of 8")
     for key in ("members_per_client", "nonmembers_per_client"):
@@ -335,31 +299,9 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed evaluation.secmi_t = {cfg.evaluation.secmi_t}"
         )
-    rule, dp = cfg.federation.aggregation, cfg.privacy.dp
-    if cfg.federation.client_ranks and rule not in ("svd", "flora"):
-        raise ConfigError(
-            f"federation.client_ranks = {list(cfg.federation.client_ranks)} needs a heterogeneous-rank rule "
-            f"(federation.aggregation = 'svd' or 'flora'), not {rule!r}"
-        )
-    if dp == "dp-fedavg":
-        if rule != "fedavg":
-            raise ConfigError(f"privacy.dp = 'dp-fedavg' needs federation.aggregation = 'fedavg' (Flower's accounted DP wrapper), not {rule!r}")
-        if cfg.privacy.dp_noise_multiplier <= 0:
-            raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
-    if dp == "dp-lora" and cfg.privacy.dp_noise_multiplier <= 0:
-        raise ConfigError("privacy.dp = 'dp-lora' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
-    if dp == "dp-lora" and cfg.train.method != "lora":
-        raise ConfigError(
-            f"privacy.dp = 'dp-lora' with train.method = {cfg.train.method!r} is refused: the proxy attacker trains on "
-            "member aux samples outside DP-SGD, so the LoRA update would depend on members through the attacker and "
-            "the reported epsilon would not cover it. Use train.method = 'lora' (or dp-fedavg, whose client-level "
-            "clipping covers everything a client sends)."
-        )
-    if dp == "implicit-dp" and (rule != "ffa" or cfg.model.lora_a_init != "gaussian"):
-        raise ConfigError(
-            "privacy.dp = 'implicit-dp' needs A frozen at N(0, 1/r): set federation.aggregation = 'ffa' and "
-            f"model.lora_a_init = 'gaussian' (got {rule!r} and {cfg.model.lora_a_init!r})"
-        )
+    RULES.get(cfg.federation.aggregation).validate(cfg)
+    OBJECTIVES.get(cfg.train.method).validate(cfg)
+    DP_MODES.get(cfg.privacy.dp).validate(cfg)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -408,24 +350,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def loads_config(text: str) -> ExperimentConfig:
     return from_dict(tomllib.loads(text))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def dumps_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-        lines.append("")
-    return "\n".join(lines)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .config import ConfigError, load_config, parse_override
 from .data import Splits
-from .local_training import get_runtime
+from .runtime import get_runtime
 from .models.lora import ADAPTER_WEIGHTS, ModelView, load_view
 from .outputs import ADAPTER_DIR, CONFIG_FILE, GLOBAL_VIEW, SPLITS_FILE, SUMMARY_FILE, VIEWS_DIR, RunOutputs
 from .evaluation.html_report import write_html_report
@@ -34,7 +34,7 @@ def _global_view(outputs: RunOutputs, adapter_rank: int, runtime_rank: int) -> M
         def peft_key(key: str) -> str:  # diffusers' export names attention LoRAs lora.down / lora.up
             return key.removeprefix("unet.").replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight")
 
-        return ModelView(lora={peft_key(k): v for k, v in load_file(str(weights)).items()})
+        return ModelView(lora={peft_key(k): v.numpy() for k, v in load_file(str(weights)).items()})
     raise FileNotFoundError(f"{path} is missing and {weights} is not a rank-{runtime_rank} LoRA of this config: nothing to evaluate")
 
 

@@ -1,4 +1,4 @@
-"""Named extension points: aggregation rules, attacks, local objectives and DP modes.
+"""Named extension points: aggregation rules, attacks, local objectives, DP modes and datasets.
 
 An extension is one module that registers its class (or function) under a key, with a one-line
 description and a reference::
@@ -97,9 +97,10 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {list(self._entries)})"
 
 
-# The four extension points. Values: a Rule subclass, an attack function, an Objective subclass,
-# a DpMode subclass (their base classes say what each must provide).
+# The extension points. Values: a Rule subclass, an attack function, an Objective subclass, a
+# DpMode subclass, a DatasetSource (their base modules say what each must provide).
 RULES: Registry[Any] = Registry("aggregation rule", "federation.aggregation", "fedlora.rules")
 ATTACKS: Registry[Any] = Registry("membership-inference attack", "evaluation.attacks", "fedlora.evaluation.attacks")
 OBJECTIVES: Registry[Any] = Registry("local objective", "train.method", "fedlora.privacy.objectives")
 DP_MODES: Registry[Any] = Registry("DP mode", "privacy.dp", "fedlora.privacy.dp")
+DATASETS: Registry[Any] = Registry("dataset", "data.dataset", "fedlora.data")

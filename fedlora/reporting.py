@@ -13,6 +13,7 @@ import dataclasses
 from .aggregation import delta_weights, lora_pairs, numerical_rank, truncate
 from .config import EMBEDDED_BASE, ExperimentConfig, ModelConfig
 from .models.lora import ModelView, save_view
+from .rounds import RoundRecord
 from .rules import client_rank
 from .data import Splits, load_dataset, public_subset
 from .evaluation.quality import caption_probe_or_none
@@ -43,15 +44,18 @@ class Communication:
     bytes_down_per_client_round_max: float = 0.0
 
     @classmethod
-    def from_rounds(cls, rounds: list[dict]) -> "Communication":
+    def from_rounds(cls, rounds: list[RoundRecord]) -> "Communication":
+        def values(key: str) -> list[float]:
+            return [getattr(r, key) or 0.0 for r in rounds]
+
         def mean(key: str) -> float:
-            return float(np.mean([r.get(key, 0.0) for r in rounds])) if rounds else 0.0
+            return float(np.mean(values(key))) if rounds else 0.0
 
         return cls(
             bytes_up_per_client_round=mean("bytes_up_per_client"),
             bytes_down_per_client_round=mean("bytes_down_per_client"),
             bytes_eval_only_per_client_round=mean("bytes_eval_only_per_client"),
-            bytes_down_per_client_round_max=max((r.get("bytes_down_per_client", 0.0) for r in rounds), default=0.0),
+            bytes_down_per_client_round_max=max(values("bytes_down_per_client"), default=0.0),
         )
 
 
@@ -341,7 +345,7 @@ def adapter_of_view(view: ModelView, runtime, model: ModelConfig) -> tuple[dict[
     if not view.deltas:
         lora = view.lora if view.lora is not None else runtime.initial
         return {k: np.asarray(v) for k, v in lora.items()}, model
-    like = lora_pairs({k: v.numpy() for k, v in runtime.initial.items()})
+    like = lora_pairs(runtime.initial)
     target = dict(view.deltas)
     if view.lora is not None:
         for prefix, d in delta_weights({k: np.asarray(v) for k, v in view.lora.items()}, runtime.scaling).items():

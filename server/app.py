@@ -8,31 +8,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedlora.config import ConfigError, ExperimentConfig, load_config
-from fedlora.local_training import check_base_matches_data, get_runtime, get_splits
 from fedlora.evaluation.tracking import LossTracker
+from fedlora.models.lora import ModelView
 from fedlora.outputs import SPLITS_FILE, RunOutputs
+from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import CONFIG, PARTITION_ID
 from fedlora.reporting import Communication, RunResult, RunTimings, finalize_run
+from fedlora.rounds import RoundLog
+from fedlora.rules import build_rule
+from fedlora.runtime import check_base_matches_data, get_runtime, get_splits
 
-from fedlora.privacy.central_dp import CentralDp
-from fedlora.privacy.dp_report import implicit_dp_summary, latest_local_epsilon, local_dp_summary
-from fedlora.models.lora import ModelView
-from fedlora.rules import ServerRule
-
-from .strategy import AccountedFedAvgStrategy, LoraStrategy, to_numpy
+from .strategy import AccountedFedAvgStrategy, LoraStrategy, to_record
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DISCOVERY_TIMEOUT_S = 300.0
 
 
-def config_from_run_config(run_config) -> ExperimentConfig:
+def config_from_run_config(run_config: Any) -> ExperimentConfig:
     """``flwr run`` path: ``config`` names a TOML (relative to the app), ``overrides`` adds k=v pairs."""
     name = str(run_config.get("config", "configs/default.toml"))
     path = Path(name)
@@ -72,20 +72,15 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
     splits = get_splits(cfg)
     splits.save(outputs.path(SPLITS_FILE))
     runtime = get_runtime(cfg)
-    initial = {k: v.numpy() for k, v in runtime.initial.items()}
     tracker = LossTracker(cfg, runtime, splits)
     partition_of = discover_clients(grid, cfg.federation.num_clients)
-    rule = ServerRule(cfg, initial)
-    dp = CentralDp(cfg) if cfg.privacy.dp == "dp-fedavg" else None
-    strategy_cls = AccountedFedAvgStrategy if dp else LoraStrategy
-    strategy = strategy_cls(
-        rule=rule,
-        partition_of=partition_of,
-        fraction=cfg.federation.fraction_train,
-        seed=cfg.run.seed,
-        config_text=cfg.to_toml(),
-    )
-    runner = dp.wrap(strategy) if dp else strategy
+    rule = build_rule(cfg).start(runtime.initial)
+    dp = build_dp_mode(cfg)
+    log = RoundLog()
+    strategy_cls = AccountedFedAvgStrategy if dp.uses_flower_aggregation else LoraStrategy
+    strategy = strategy_cls(rule=rule, log=log, partition_of=partition_of, fraction=cfg.federation.fraction_train,
+                            seed=cfg.run.seed, config_text=cfg.to_toml())
+    runner = dp.wrap(strategy)
     timings = RunTimings()
     progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")
 
@@ -93,41 +88,30 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         t0 = time.perf_counter()
         strategy.sync_global(arrays)
         losses = tracker(rule.global_view())
-        row = {"round": server_round, **losses, **strategy.rounds.get(server_round, {})}
-        if dp:
-            row.update(dp.round_metrics())
-        elif cfg.privacy.dp == "dp-lora" and server_round > 0:
-            row["dp_epsilon"] = latest_local_epsilon([strategy.rounds[r] for r in sorted(strategy.rounds) if r <= server_round])
+        row = {"round": server_round, **losses, **log.row(server_round), **dp.round_metrics(log, server_round)}
         timings.train_s += row.get("round_s", 0.0)
         outputs.append_metrics(row)
         if server_round > 0:
             progress.update(1)
             progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
         timings.eval_s += time.perf_counter() - t0
-        return MetricRecord({k: v for k, v in losses.items()})
+        return MetricRecord(dict(losses))
 
     result = runner.start(
         grid=grid,
-        initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+        initial_arrays=to_record(runtime.initial),
         num_rounds=cfg.federation.rounds,
         timeout=cfg.federation.round_timeout_s,
         train_config=ConfigRecord({}),
         evaluate_fn=evaluate,
     )
     progress.close()
-    trained = [r for r in strategy.rounds.values() if "clients" in r]
+    trained = log.trained()
     if not trained:
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
-    comm = Communication.from_rounds(trained)
     strategy.sync_global(result.arrays)
     final = rule.global_view()
-    run_result = RunResult(timings, comm)
-    if dp:
-        run_result.dp = dp.summary()
-    elif cfg.privacy.dp == "dp-lora":
-        run_result.dp = local_dp_summary(cfg, trained)
-    elif cfg.privacy.dp == "implicit-dp":
-        run_result.dp = implicit_dp_summary(cfg)
+    run_result = RunResult(timings, Communication.from_rounds(trained), dp=dp.summary(log))
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started, rule.client_views())
     return outputs.root, final
 

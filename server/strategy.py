@@ -1,8 +1,10 @@
-"""A FedAvg-shaped Flower strategy that delegates payloads and aggregation to ``fedlora.rules``.
+"""A FedAvg-shaped Flower strategy that delegates payloads and aggregation to a ``fedlora.rules.Rule``.
 
 Clients are addressed by partition id (not Flower's random node ids) so that sampling and
 aggregation order, and therefore the numbers, are reproducible from the seed. Each client gets
 its own payload (FlexLoRA truncates to its rank; FLoRA sends the stacks it has not merged).
+Records are converted to numpy arrays once, here; everything the server learns of a round goes
+into the ``RoundLog``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID
-from fedlora.rules import ServerRule
+from fedlora.rounds import RoundLog
+from fedlora.rules import Rule
 
 
 def record_bytes(record: ArrayRecord) -> int:
@@ -37,7 +40,8 @@ def partition_of_reply(message: Message) -> int:
 
 
 class LoraStrategy(FedAvg):
-    def __init__(self, *, rule: ServerRule, partition_of: dict[int, int], fraction: float, seed: int, config_text: str):
+    def __init__(self, *, rule: Rule, log: RoundLog, partition_of: dict[int, int], fraction: float, seed: int,
+                 config_text: str):
         n = len(partition_of)
         super().__init__(
             fraction_train=fraction,
@@ -47,11 +51,11 @@ class LoraStrategy(FedAvg):
             weighted_by_key=NUM_EXAMPLES,
         )
         self.rule = rule
+        self.log = log
         self.partition_of = partition_of
         self.node_of = {pid: nid for nid, pid in partition_of.items()}
         self.seed = seed
         self.config_text = config_text
-        self.rounds: dict[int, dict] = {}
         self._round_started = 0.0
         self._current_round = 0
 
@@ -65,9 +69,9 @@ class LoraStrategy(FedAvg):
         return sorted(int(p) for p in rng.choice(pids, size=self.num_sampled, replace=False))
 
     def sync_global(self, arrays: ArrayRecord) -> None:
-        """FedAvg's global adapter is what Flower carries between rounds (DP noise included)."""
-        if self.rule.rule == "fedavg" and len(arrays):
-            self.rule.global_lora = to_numpy(arrays)
+        """The rule takes what Flower carries between rounds (central DP's noise included)."""
+        if self.rule.global_is_carried and len(arrays):
+            self.rule.sync(to_numpy(arrays))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._round_started = time.perf_counter()
@@ -83,12 +87,13 @@ class LoraStrategy(FedAvg):
             down.append(record_bytes(record))  # serialised size, as for the uploads
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
             messages.append(Message(content=content, message_type="train", dst_node_id=self.node_of[pid]))
-        self.rounds[server_round] = {"sampled": pids, "bytes_down_per_client": float(np.mean(down))}
+        entry = self.log[server_round]
+        entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down))
         return messages
 
     def record_replies(self, server_round: int, contents: list[RecordDict]) -> tuple[dict, dict, dict]:
         """Per-client uploads, weights, evaluation-only arrays; logs metrics and bytes for the round."""
-        info = self.rounds.setdefault(server_round, {})
+        entry = self.log[server_round]
         uploads, weights, eval_only = {}, {}, {}
         up_bytes, eval_bytes = [], []
         for content in contents:
@@ -102,18 +107,18 @@ class LoraStrategy(FedAvg):
             if len(audit):
                 eval_only[pid] = to_numpy(audit)
                 eval_bytes.append(record_bytes(audit))
-        info["clients"] = {
+        entry.clients = {
             str(int(c[METRICS][PARTITION_ID])): {k: v for k, v in c[METRICS].items() if k != PARTITION_ID} for c in contents
         }
-        info["bytes_up_per_client"] = float(np.mean(up_bytes))
+        entry.bytes_up_per_client = float(np.mean(up_bytes))
         if eval_bytes:
-            info["bytes_eval_only_per_client"] = float(np.mean(eval_bytes))
-        info["round_s"] = time.perf_counter() - self._round_started
+            entry.bytes_eval_only_per_client = float(np.mean(eval_bytes))
+        entry.round_s = time.perf_counter() - self._round_started
         return uploads, weights, eval_only
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        self.rounds.setdefault(server_round, {})["failures"] = [str(m.error.reason) for m in errors]
+        self.log[server_round].failures = [str(m.error.reason) for m in errors]
         if not valid:
             return None, None
         valid.sort(key=partition_of_reply)
@@ -121,8 +126,7 @@ class LoraStrategy(FedAvg):
         uploads, weights, eval_only = self.record_replies(server_round, contents)
         self.rule.aggregate(uploads, weights, eval_only)
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-        carried = self.rule.global_lora if self.rule.rule == "fedavg" else {}
-        return to_record(carried), metrics
+        return to_record(self.rule.carried()), metrics
 
 
 class AccountedFedAvgStrategy(LoraStrategy):
@@ -141,6 +145,5 @@ class AccountedFedAvgStrategy(LoraStrategy):
     def _record_and_aggregate_metrics(self, contents: list[RecordDict], weighting_key: str) -> MetricRecord:
         contents = sorted(contents, key=lambda c: int(c[METRICS][PARTITION_ID]))
         uploads, _, _ = self.record_replies(self._current_round, contents)
-        for pid, upload in uploads.items():
-            self.rule.views[pid] = self.rule.view_of_upload(upload)
+        self.rule.observe(uploads)
         return aggregate_metricrecords(contents, weighting_key)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from fedlora.data.base import DatasetError, ImageDataset
-from fedlora.data.digits import DIGIT_WORDS, load_digits_dataset
+from fedlora.data.digit_captions import DIGIT_WORDS
+from fedlora.data.digits import load_digits_dataset
 from fedlora.data.image_folder import load_image_folder
 from fedlora.data.openmoji import load_openmoji
 

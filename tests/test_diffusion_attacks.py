@@ -17,7 +17,8 @@ from fedlora.config import ConfigError, EvaluationConfig, load_config
 from fedlora.data import load_dataset
 from fedlora.evaluation.attacks import gradient_norm, pia, score_norm, secmi
 from fedlora.evaluation.attacks import AttackSets, Samples, run_attacks
-from fedlora.local_training import ModelRuntime, get_splits, train_lora
+from fedlora.runtime import ModelRuntime, get_splits
+from fedlora.training import train_lora
 from fedlora.models.lora import ModelView, set_trainable
 from fedlora.privacy.objectives import LoraObjective
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fedlora.config import load_config
-from fedlora.local_training import get_runtime, scale_b_gradient_rows
 from fedlora.models.lora import LORA_A, LORA_B, ModelView, init_lora, lora_layers
-from fedlora.privacy.central_dp import CentralDp
-from fedlora.privacy.dp_report import implicit_dp_summary
+from fedlora.privacy.dp.dp_fedavg import DpFedAvg
+from fedlora.privacy.dp.implicit_dp import ImplicitDp, scale_b_gradient_rows
+from fedlora.runtime import get_runtime
 
 
 def test_central_accountant_matches_dp_accounting_for_a_known_setting():
@@ -20,7 +20,7 @@ def test_central_accountant_matches_dp_accounting_for_a_known_setting():
 
     cfg = load_config(None, ["privacy.dp='dp-fedavg'", "privacy.dp_noise_multiplier=1.1", "privacy.dp_delta=1e-5",
                              "federation.num_clients=8"])
-    dp = CentralDp(cfg)
+    dp = DpFedAvg(cfg)
     assert dp.epsilon() == 0.0
     for _ in range(10):
         dp.accountant.compose(GaussianPrivacyEvent(noise_multiplier=1.1, sample_size=8, population_size=8))
@@ -60,7 +60,7 @@ def test_b_gradient_rows_are_rescaled_to_the_norm():
 def test_implicit_dp_reports_a_heuristic_not_an_epsilon():
     cfg = load_config(None, ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'",
                              "model.lora_rank=4", "train.batch_size=16"])
-    s = implicit_dp_summary(cfg)
+    s = ImplicitDp(cfg).summary()
     assert s["formal"] is False and "epsilon" not in s
     assert s["equivalent_noise_multiplier_heuristic"] == pytest.approx(16 / math.sqrt(4))
 

@@ -10,9 +10,10 @@ from flwr.app.metadata import Metadata
 from clients import app as client_module
 from fedlora.aggregation import fedavg
 from fedlora.config import load_config
-from fedlora.local_training import get_runtime
+from fedlora.rounds import RoundLog
+from fedlora.runtime import get_runtime
 from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
-from fedlora.rules import ServerRule
+from fedlora.rules import build_rule
 from server.strategy import LoraStrategy
 
 
@@ -35,7 +36,7 @@ def test_train_handler_returns_lora_and_keeps_state_across_rounds(cfg):
     initial = get_runtime(cfg).get_lora()
     ctx = context(1)
     for rnd in (1, 2):
-        msg = message(RecordDict({"arrays": ArrayRecord(initial),
+        msg = message(RecordDict({"arrays": client_module.record_of(initial),
                                   "config": ConfigRecord({"server-round": rnd, CONFIG_KEY: cfg.to_toml()})}), "train")
         reply = client_module.train(msg, ctx)
         metrics = reply.content["metrics"]
@@ -64,25 +65,27 @@ def test_strategy_aggregates_in_partition_order_with_the_configured_rule():
     rng = np.random.default_rng(0)
     states = [{"a.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
                "a.lora_B.weight": rng.normal(size=(3, 2)).astype(np.float32)} for _ in range(3)]
-    rule = ServerRule(load_config(None, ["federation.num_clients=3"]), states[0])
-    strategy = LoraStrategy(rule=rule, partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0, config_text="")
+    rule = build_rule(load_config(None, ["federation.num_clients=3"])).start(states[0])
+    strategy = LoraStrategy(rule=rule, log=RoundLog(), partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0,
+                            config_text="")
     replies = [fake_reply(2, states[2], 30), fake_reply(0, states[0], 10), fake_reply(1, states[1], 20)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     expected = fedavg(states, [10, 20, 30])
     for k, v in expected.items():
         np.testing.assert_allclose(arrays[k].numpy(), v, rtol=1e-6)
     assert metrics["train_loss"] == pytest.approx((0 * 10 + 1 * 20 + 2 * 30) / 60)
-    info = strategy.rounds[1]
-    assert list(info["clients"]) == ["0", "1", "2"]
+    info = strategy.log[1]
+    assert list(info.clients) == ["0", "1", "2"]
     serialized = sum(len(Array(v).data) for v in states[0].values())  # what goes on the wire
-    assert info["bytes_up_per_client"] == serialized >= 2 * 6 * 4
+    assert info.bytes_up_per_client == serialized >= 2 * 6 * 4
 
 
 def test_client_sampling_is_seeded_and_respects_the_fraction():
     partition_of = {1000 + k: k for k in range(10)}
-    rule = ServerRule(load_config(None, ["federation.num_clients=10"]), {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))})
-    a = LoraStrategy(rule=rule, partition_of=partition_of, fraction=0.3, seed=4, config_text="")
-    b = LoraStrategy(rule=rule, partition_of=partition_of, fraction=0.3, seed=4, config_text="")
+    rule = build_rule(load_config(None, ["federation.num_clients=10"])).start(
+        {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))})
+    a = LoraStrategy(rule=rule, log=RoundLog(), partition_of=partition_of, fraction=0.3, seed=4, config_text="")
+    b = LoraStrategy(rule=rule, log=RoundLog(), partition_of=partition_of, fraction=0.3, seed=4, config_text="")
     assert a.sample_partitions(2) == b.sample_partitions(2)
     assert len(a.sample_partitions(2)) == 3
     assert len({tuple(a.sample_partitions(r)) for r in range(1, 8)}) > 1

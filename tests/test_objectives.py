@@ -6,15 +6,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fedlora.config import PrivacyConfig, TrainConfig
+from fedlora.config import PrivacyConfig, load_config
 from fedlora.privacy.attacker import MEMBER, MembershipMLP, ProxyAttacker, member_cross_entropy
 from fedlora.privacy.objectives import (
     LoraObjective,
-    MembershipPrivateObjective,
+    MembershipBatches,
     build_objective,
     mp_lora_loss,
+    objective_class,
     smp_lora_loss,
 )
+
+NO_BATCHES = MembershipBatches(aux=lambda k: (None, None), test=lambda: (None, None))
 
 
 def test_mp_and_smp_values_and_gradients_by_hand():
@@ -73,7 +76,7 @@ def test_private_objective_gradient_through_one_loss_map(method):
     att = _attacker()
     att.model.eval()  # no dropout, so the closed form is deterministic
     privacy = PrivacyConfig(mi_lambda=0.5, stabilizer=1e-5)
-    obj = MembershipPrivateObjective(method, privacy, att, attack_batch=lambda k: (None, None))
+    obj = objective_class(method)(privacy, att, NO_BATCHES)
     err = torch.rand(4, 2, 2, 2, requires_grad=True)
     loss, metrics = obj.loss(err)
     (grad,) = torch.autograd.grad(loss, err)
@@ -133,13 +136,13 @@ def test_attacker_state_of_another_shape_is_refused():
 
 
 def test_build_objective_names():
-    assert build_objective(TrainConfig(method="lora")).name == "lora"
+    assert build_objective(load_config(None, ["train.method='lora'"])).name == "lora"
     for method in ("mp-lora", "smp-lora"):
-        obj = build_objective(TrainConfig(method=method), PrivacyConfig(), 8, lambda k: (None, None))
-        assert obj.name == method
+        obj = build_objective(load_config(None, [f"train.method='{method}'"]), 8, NO_BATCHES)
+        assert obj.name == method and objective_class(method).needs_aux
         assert isinstance(obj.attacker.model, MembershipMLP)
-    with pytest.raises(ValueError, match="needs privacy"):
-        build_objective(TrainConfig(method="smp-lora"))
+    with pytest.raises(ValueError, match="needs the client's aux and test loss maps"):
+        build_objective(load_config(None, ["train.method='smp-lora'"]), 8)
 
 
 def test_attacker_architecture_is_the_papers():

@@ -9,7 +9,7 @@ import pytest
 
 from fedlora import aggregation as agg
 from fedlora.config import ConfigError, load_config
-from fedlora.rules import ServerRule, client_keep, client_rank, client_scaling, client_setup, client_upload, factor
+from fedlora.rules import build_rule, client_rank, client_scaling, factor
 
 LIN, CONV = "blk.attn.to_q", "blk.res.conv1"
 D_OUT, D_IN, C_OUT, C_IN = 6, 5, 4, 3
@@ -44,7 +44,7 @@ def cfg_for(rule, ranks=(), n=3):
 def run_rounds(cfg, rounds=2, weights=(1.0, 2.0, 3.0)):
     """The rule's protocol over ``rounds`` rounds; returns server, the client uploads of the last round, kept states."""
     n = cfg.federation.num_clients
-    server = ServerRule(cfg, init_adapter(cfg.model.lora_rank))
+    server = build_rule(cfg).start(init_adapter(cfg.model.lora_rank))
     kept = {c: {} for c in range(n)}
     trained_last = {}
     for rnd in range(1, rounds + 1):
@@ -54,12 +54,12 @@ def run_rounds(cfg, rounds=2, weights=(1.0, 2.0, 3.0)):
         uploads, eval_only = {}, {}
         for c in range(n):
             init = init_adapter(client_rank(cfg, c), seed=0 if cfg.federation.aggregation != "flora" else 100 * rnd + c)
-            setup = client_setup(cfg, c, payloads[c], kept[c], init)
+            setup = server.client_setup(c, payloads[c], kept[c], init)
             trained = train(setup.adapter, seed=10 * rnd + c, train_a=cfg.federation.aggregation != "ffa")
-            uploads[c] = client_upload(cfg, trained)
-            kept[c] = client_keep(cfg, trained, setup)
-            if cfg.federation.aggregation == "fedsa":
-                eval_only[c] = factor(trained, "B")
+            uploads[c] = server.client_upload(trained)
+            kept[c] = server.client_keep(trained, setup)
+            if server.client_eval_only(kept[c]):
+                eval_only[c] = server.client_eval_only(kept[c])
             trained_last[c] = (trained, setup)
         server.aggregate(uploads, {c: weights[c] for c in range(n)}, eval_only)
     return server, uploads, kept, trained_last, payloads
@@ -122,7 +122,7 @@ def test_heterogeneous_ranks_2_4_8_give_the_exact_weighted_mean(rule):
         # FLoRA: everyone downloads the stack of rank 2+4+8 and merges it into its base
         for c in range(3):
             assert nxt[c][f"{LIN}.lora_A.weight"].shape[0] == 14
-            merged = client_setup(cfg, c, nxt[c], kept[c], init_adapter(client_rank(cfg, c), seed=7)).base_deltas
+            merged = server.client_setup(c, nxt[c], kept[c], init_adapter(client_rank(cfg, c), seed=7)).base_deltas
             for prefix in expected:
                 np.testing.assert_allclose(merged[prefix], expected[prefix], rtol=1e-6, atol=1e-9)
 
@@ -145,11 +145,11 @@ def test_flora_download_grows_with_clients_and_missed_rounds():
 
 def test_svd_first_round_restarts_dead_directions_without_changing_the_product():
     cfg = load_config(None, ["federation.aggregation='svd'", "federation.num_clients=2", "federation.client_ranks=[2, 4]"])
-    server = ServerRule(cfg, init_adapter(cfg.model.lora_rank))
+    server = build_rule(cfg).start(init_adapter(cfg.model.lora_rank))
     payload = server.payload(1)  # W = 0: all-zero factors, which could never train
     assert all(not np.any(v) for v in payload.values())
     init = init_adapter(4, seed=3)
-    adapter = client_setup(cfg, 1, payload, {}, init).adapter
+    adapter = server.client_setup(1, payload, {}, init).adapter
     assert np.array_equal(adapter[f"{LIN}.lora_A.weight"], init[f"{LIN}.lora_A.weight"])
     assert not np.any(adapter[f"{LIN}.lora_B.weight"])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlora.config import ConfigError, load_config
-from fedlora.local_training import get_runtime
+from fedlora.runtime import get_runtime
 from fedlora.models.base import load_pipeline
 from fedlora.outputs import ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SPLITS_FILE, SUMMARY_FILE, TRAINING_FIGURE
 from fedlora.simulation import run_experiment
@@ -122,7 +122,7 @@ def test_every_rule_runs_end_to_end(tmp_path, name, overrides):
     assert all(r["failures"] == [] and sorted(r["clients"]) == ["0", "1"] for r in rows[1:])
     comm = summary["communication"]
     initial = get_runtime(cfg).initial
-    raw = {f: sum(4 * v.numel() for k, v in initial.items() if f"lora_{f}" in k) for f in "AB"}  # float32 bytes
+    raw = {f: sum(4 * v.size for k, v in initial.items() if f"lora_{f}" in k) for f in "AB"}  # float32 bytes
     header = 256 * len(initial)  # generous serialisation overhead per array
     if name == "ffa":  # only B travels (down and up)
         assert raw["B"] <= comm["bytes_up_per_client_round"] < raw["B"] + header

@@ -7,9 +7,24 @@ membership bookkeeping cheap and exact: a sample is an index plus a stable id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from ..config import DataConfig
+
+
+def _accept(data: DataConfig) -> None:
+    """A source that needs nothing beyond the common [data] keys."""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset (``fedlora.registry.DATASETS``): how to load it for a config, and what
+    the config must give it (``validate`` raises ConfigError naming the key)."""
+
+    load: Callable[[DataConfig], "ImageDataset"]
+    validate: Callable[[DataConfig], None] = _accept
 
 
 class DatasetError(ValueError):

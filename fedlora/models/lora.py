@@ -117,7 +117,7 @@ class ModelView:
     global model is no rank-r LoRA (FLoRA's merges, FlexLoRA's exact mean) are evaluated exactly.
     """
 
-    lora: Mapping[str, torch.Tensor] | None = None
+    lora: Mapping[str, np.ndarray] | None = None
     deltas: Mapping[str, np.ndarray] | None = None
 
 
@@ -190,6 +190,6 @@ def load_view(path: str | Path) -> ModelView:
     with safe_open(str(path), framework="pt") as fh:
         keys = list(fh.keys())
         has_lora = (fh.metadata() or {}).get("has_lora") == "True"
-        lora = {k[len(_LORA):]: fh.get_tensor(k) for k in keys if k.startswith(_LORA)}
+        lora = {k[len(_LORA):]: fh.get_tensor(k).numpy() for k in keys if k.startswith(_LORA)}
         deltas = {k[len(_DELTA):]: fh.get_tensor(k).double().numpy() for k in keys if k.startswith(_DELTA)}
     return ModelView(lora=lora if has_lora else None, deltas=deltas or None)

@@ -14,12 +14,18 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..config import ExperimentConfig
+from ...config import ExperimentConfig
+from ...errors import ConfigError
+from ...protocol import METRICS, PARTITION_ID
+from ...registry import DP_MODES
+from ...rounds import RoundLog
+from ...rules import rule_class, rules_with
+from .base import DpMode
 
 ACCOUNTANT_NAME = "flwr RdpAccountant (dp-accounting RDP), no sampling amplification, add-or-remove-one client"
 
 
-def make_accountant(delta: float, population: int):
+def make_accountant(delta: float, population: int) -> Any:
     from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
     from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
@@ -33,16 +39,19 @@ def make_accountant(delta: float, population: int):
     )
 
 
-def _partition(message) -> int:
-    from fedlora.protocol import METRICS, PARTITION_ID
-
+def _partition(message: Any) -> int:
     return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
 
 
-class CentralDp:
-    """Builds the wrapped strategy and reports ε per round and at the end."""
+@DP_MODES.register("dp-fedavg", reference="McMahan et al., ICLR 2018 (arXiv 1710.06963); Flower's DP wrappers",
+                   description="user-level central DP: each client's update clipped to C, Gaussian noise σ·C/m on "
+                               "the mean, RDP accountant (no sampling amplification)")
+class DpFedAvg(DpMode):
+    formal = True
+    uses_flower_aggregation = True
 
     def __init__(self, cfg: ExperimentConfig):
+        super().__init__(cfg)
         p = cfg.privacy
         self.noise_multiplier = p.dp_noise_multiplier
         self.clipping_norm = p.dp_max_grad_norm
@@ -50,23 +59,33 @@ class CentralDp:
         self.delta = p.dp_delta
         self.population = cfg.federation.num_clients
         self.accountant = make_accountant(self.delta, self.population)
-        self.wrapper = None
-        # Flower draws the noise from numpy's global generator: seed it for reproducible runs.
-        np.random.seed(cfg.run.seed)
+        self.wrapper: Any = None
 
-    def wrap(self, strategy):
+    @classmethod
+    def validate(cls, cfg: ExperimentConfig) -> None:
+        rule = cfg.federation.aggregation
+        if not rule_class(rule).global_is_carried:
+            raise ConfigError(
+                f"privacy.dp = 'dp-fedavg' needs federation.aggregation = one of {rules_with('global_is_carried')} "
+                f"(Flower's accounted DP wrapper acts on the arrays Flower carries), not {rule!r}"
+            )
+        if cfg.privacy.dp_noise_multiplier <= 0:
+            raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+
+    def wrap(self, strategy: Any) -> Any:
         from flwr.serverapp.strategy import (
             DifferentialPrivacyClientSideFixedClipping,
             DifferentialPrivacyServerSideFixedClipping,
         )
 
+        # Flower draws the noise from numpy's global generator: seed it for reproducible runs.
+        np.random.seed(self.cfg.run.seed)
         base = DifferentialPrivacyServerSideFixedClipping if self.clipping == "server" else DifferentialPrivacyClientSideFixedClipping
 
-        class SortedReplies(base):  # the mean is then summed in client order: same seed, same numbers
-            def aggregate_train(self, server_round: int, replies: Iterable):
+        class SortedReplies(base):  # type: ignore[valid-type,misc]  # summed in client order: same seed, same numbers
+            def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
                 replies = sorted(replies, key=_partition)
-                failures = [str(m.error.reason) for m in replies if m.has_error()]
-                self.strategy.rounds.setdefault(server_round, {})["failures"] = failures
+                strategy.log[server_round].failures = [str(m.error.reason) for m in replies if m.has_error()]
                 return super().aggregate_train(server_round, replies)
 
         self.wrapper = SortedReplies(
@@ -78,10 +97,13 @@ class CentralDp:
         spent = self.accountant.get_privacy_spent()
         return float(spent.epsilon) if spent.num_releases else 0.0
 
-    def round_metrics(self) -> dict[str, float]:
-        return {"dp_epsilon": self.epsilon(), "dp_releases": float(self.accountant.get_privacy_spent().num_releases)}
+    def releases(self) -> int:
+        return int(self.accountant.get_privacy_spent().num_releases)
 
-    def summary(self) -> dict[str, Any]:
+    def round_metrics(self, log: RoundLog | None = None, server_round: int = 0) -> dict[str, float]:
+        return {"dp_epsilon": self.epsilon(), "dp_releases": float(self.releases())}
+
+    def summary(self, log: RoundLog | None = None) -> dict[str, Any]:
         return {
             "mechanism": "dp-fedavg",
             "level": "user (client)",
@@ -91,7 +113,7 @@ class CentralDp:
             "noise_std": self.noise_multiplier * self.clipping_norm / (self.wrapper.num_sampled_clients if self.wrapper else 1),
             "epsilon": self.epsilon(),
             "delta": self.delta,
-            "releases": int(self.accountant.get_privacy_spent().num_releases),
+            "releases": self.releases(),
             "accountant": ACCOUNTANT_NAME,
             "formal": True,
         }

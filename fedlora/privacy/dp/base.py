@@ -1,0 +1,65 @@
+"""What a DP mode is: one object that validates its config, hooks the client's training,
+wraps the server's strategy, and reports its accounting per round and at the end.
+
+To add a DP mode: a module in this package with one ``DpMode`` subclass registered in
+``fedlora.registry.DP_MODES``, and its import in ``fedlora/privacy/dp/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from ...config import ExperimentConfig
+from ...rounds import RoundLog
+from ...runtime import EncodedSamples, ModelRuntime
+from ...training import GradientHook, TrainStats, train_lora
+from ..objectives import Objective
+
+DpState = dict[str, torch.Tensor]  # what a client's mode keeps across rounds (its accountant)
+
+
+class DpMode:
+    """No differential privacy: plain training, the strategy as it is, nothing to account.
+
+    Subclasses override what differs. ``formal`` modes report an (ε, δ) guarantee.
+    """
+
+    formal: ClassVar[bool] = False
+    freezes_a: ClassVar[bool] = False  # clients train B only, whatever the rule says
+    # The server must aggregate with Flower's own FedAvg.aggregate_train (its DP wrappers account
+    # only for that); the ServerApp then picks the strategy that keeps it.
+    uses_flower_aggregation: ClassVar[bool] = False
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def validate(cls, cfg: ExperimentConfig) -> None:
+        """Refuse settings this mode cannot honour (raise ConfigError naming the keys)."""
+
+    # ---- client side -------------------------------------------------------------------
+
+    def gradient_hook(self) -> GradientHook | None:
+        """What happens to the gradients before each step (None: ``train.max_grad_norm`` clipping)."""
+        return None
+
+    def train(self, runtime: ModelRuntime, members: EncodedSamples, objective: Objective, seed: int,
+              state: Mapping[str, torch.Tensor] | None) -> tuple[TrainStats, DpState]:
+        """The client's local training; returns its stats and what the mode keeps for the next round."""
+        return train_lora(runtime, members, self.cfg.train, objective, seed, self.gradient_hook()), {}
+
+    # ---- server side -------------------------------------------------------------------
+
+    def wrap(self, strategy: Any) -> Any:
+        """The strategy the ServerApp runs (a Flower DP wrapper around it, or itself)."""
+        return strategy
+
+    def round_metrics(self, log: RoundLog, server_round: int) -> dict[str, float]:
+        """Accounting numbers for this round's metrics.jsonl row."""
+        return {}
+
+    def summary(self, log: RoundLog) -> dict[str, Any]:
+        """summary.json's ``privacy.dp``: the mechanism, its parameters and what it guarantees."""
+        return {"mechanism": self.cfg.privacy.dp}

@@ -1,0 +1,50 @@
+"""What the server records of each round, in one object (no shared dicts).
+
+The strategy writes the sampling, the bytes sent and received, each client's reply metrics
+and the failures; the DP mode reads the clients' metrics for its accounting; the ServerApp
+turns a round into its ``metrics.jsonl`` row and the run's communication totals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RoundRecord:
+    sampled: list[int] | None = None  # partition ids, sorted
+    bytes_down_per_client: float | None = None
+    failures: list[str] | None = None  # one reason per failed reply
+    clients: dict[str, dict[str, Any]] | None = None  # partition id -> its reply metrics
+    bytes_up_per_client: float | None = None
+    bytes_eval_only_per_client: float | None = None  # arrays sent for the audit only (FedSA's B)
+    round_s: float | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Some client's update arrived and was recorded."""
+        return self.clients is not None
+
+    def row(self) -> dict[str, Any]:
+        """The round's fields for its metrics.jsonl row (unset ones left out)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass
+class RoundLog:
+    rounds: dict[int, RoundRecord] = field(default_factory=dict)
+
+    def __getitem__(self, server_round: int) -> RoundRecord:
+        """The round's record, created on first use."""
+        return self.rounds.setdefault(server_round, RoundRecord())
+
+    def upto(self, server_round: int) -> list[RoundRecord]:
+        return [self.rounds[r] for r in sorted(self.rounds) if r <= server_round]
+
+    def trained(self) -> list[RoundRecord]:
+        """Rounds that produced a model update, in round order."""
+        return [self.rounds[r] for r in sorted(self.rounds) if self.rounds[r].trained]
+
+    def row(self, server_round: int) -> dict[str, Any]:
+        return self.rounds[server_round].row() if server_round in self.rounds else {}

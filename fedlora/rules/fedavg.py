@@ -1,0 +1,33 @@
+"""FedAvg of the LoRA factors (FedIT): the weighted mean of A and of B separately."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .. import aggregation as agg
+from ..models.lora import ModelView
+from ..registry import RULES
+from .base import Arrays, ClientSetup, Rule
+
+
+@RULES.register("fedavg", reference="McMahan et al., AISTATS 2017; FedIT: Zhang et al., ICASSP 2024",
+                description="down A, B; clients train A, B; up A, B; the server averages A and B separately")
+class FedAvg(Rule):
+    global_is_carried = True
+
+    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
+                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+        return ClientSetup(dict(payload))
+
+    def payload(self, client_id: int) -> Arrays:
+        return dict(self.global_lora)
+
+    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
+             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+        self.global_lora = agg.fedavg([uploads[i] for i in ids], weights)
+        self.views.update({i: ModelView(lora=dict(uploads[i])) for i in ids})
+
+    def global_view(self) -> ModelView:
+        return ModelView(lora=dict(self.global_lora))

@@ -1,0 +1,52 @@
+"""FedSA-LoRA: A shared and averaged; every B stays on its client (personalised models)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .. import aggregation as agg
+from ..models.lora import ModelView
+from ..registry import RULES
+from .base import Arrays, ClientSetup, Rule, factor
+
+
+@RULES.register("fedsa", reference="Guo et al., ICLR 2025",
+                description="down A; clients train A, B; up A; each client keeps its own B")
+class FedSA(Rule):
+    upload = ("A",)
+
+    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
+                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+        b = factor(kept, "B") or factor(init, "B")
+        return ClientSetup({**factor(payload, "A"), **b})
+
+    def client_keep(self, trained: Mapping[str, np.ndarray], setup: ClientSetup) -> Arrays:
+        return factor(trained, "B")
+
+    def client_eval_only(self, kept: Mapping[str, np.ndarray]) -> Arrays:
+        return dict(kept)  # B, shown to the simulation's audit only
+
+    def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
+        super().start(initial)
+        self.dense: dict[str, np.ndarray] = {}  # the average of the personalised updates Bₖ·A
+        return self
+
+    def payload(self, client_id: int) -> Arrays:
+        return factor(self.global_lora, "A")
+
+    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
+             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+        self.global_lora = {**agg.fedsa([uploads[i] for i in ids], weights), **factor(self.global_lora, "B")}
+        if any(not factor(eval_only.get(i, {}), "B") for i in ids):
+            return
+        # evaluation only: the personalised models (Aₖ, Bₖ) and their average update
+        personal = [{**factor(uploads[i], "A"), **factor(eval_only[i], "B")} for i in ids]
+        s = self.cfg.model.lora_alpha / self.cfg.model.lora_rank
+        self.views.update({i: ModelView(deltas=agg.delta_weights(p, s)) for i, p in zip(ids, personal)})
+        shared_a = factor(self.global_lora, "A")
+        self.dense = agg.mean_delta([{**shared_a, **factor(eval_only[i], "B")} for i in ids], weights, [s] * len(ids))
+
+    def global_view(self) -> ModelView:
+        return ModelView(deltas=dict(self.dense))
