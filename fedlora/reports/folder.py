@@ -22,7 +22,7 @@ class RunFolder:
         self.problems: dict[str, str] = {}  # file name -> what is wrong with it
         summary = self._json(SUMMARY_FILE)
         self.summary = None if summary is None else RunSummary.from_dict(summary)
-        self.splits = self._json(SPLITS_FILE)
+        self.splits = self._splits()
         self.config_text = self._text(CONFIG_FILE)
         self.config = self._config()
         self.metrics = self._metrics()
@@ -58,6 +58,18 @@ class RunFolder:
             self.problems[name] = f"{name} does not hold a JSON object"
             return None
         return data
+
+    def _splits(self) -> dict[str, Any] | None:
+        """splits.json with ``clients`` as client id -> sets (older layouts: a list; entries not objects dropped)."""
+        splits = self._json(SPLITS_FILE)
+        if splits is None:
+            return None
+        clients = splits.get("clients")
+        if isinstance(clients, list):
+            clients = dict(enumerate(clients))
+        if not isinstance(clients, dict):
+            clients = {}
+        return {**splits, "clients": {str(k): c for k, c in clients.items() if isinstance(c, dict)}}
 
     def _config(self) -> ExperimentConfig | None:
         if self.config_text is None:

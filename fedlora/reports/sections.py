@@ -41,11 +41,8 @@ def _count(value: Any) -> int | None:
 
 
 def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
-    """Sizes from splits.json, of this or an older layout (clients as a list, extra sets)."""
-    clients = splits.get("clients", {})
-    if isinstance(clients, list):
-        clients = {str(i): c for i, c in enumerate(clients)}
-    clients = {str(k): c for k, c in clients.items() if isinstance(c, Mapping)} if isinstance(clients, Mapping) else {}
+    """Sizes from splits.json as ``RunFolder`` reads it; sets this version does not know get a column too."""
+    clients = splits["clients"]
     labels = dict(SPLIT_COLUMNS)
     extra = sorted({k for c in clients.values() for k in c} - set(labels))
     keys = [k for k in labels if any(k in c for c in clients.values())] + extra
