@@ -74,9 +74,9 @@ def quality_axis(runs: Sequence[ComparedRun]) -> tuple[str, str, dict[str, float
 
 def _row(run: ComparedRun, attacks: list[str]) -> list[str]:
     s, q = run.summary, run.summary.quality
-    kid = fmt(q.number("kid"), ".4f", DASH)
-    if kid != DASH and q.number("kid_std") is not None:
-        kid += f" ± {q['kid_std']:.4f}"
+    kid, kid_std = fmt(q.number("kid"), ".4f", DASH), q.number("kid_std")
+    if kid != DASH and kid_std is not None:
+        kid += f" ± {kid_std:.4f}"
     row = [run.name, *(DASH if v is None else str(v) for v in (s.method, s.aggregation, s.num_clients, s.rounds)),
            dp_cell(s), kid, fmt(q.number("fid"), ".2f", DASH), fmt(q.number("caption_accuracy"), ".3f", DASH)]
     for a in attacks:
@@ -92,12 +92,12 @@ def _plot(runs: Sequence[ComparedRun], path: Path) -> list[str]:
     notes, points = [], []
     for r in runs:
         y = leakage(r.summary)
-        missing = [what for what, ok in ((metric, r.name in xs), ("attack on the global model", y is not None))
-                   if not ok]
-        if missing:
-            notes.append(f"{r.name}: no {' and no '.join(missing)}")
-        elif y is not None:
+        if r.name in xs and y is not None:
             points.append((r.name, xs[r.name], y, xerr.get(r.name)))
+        else:
+            missing = [what for what, ok in ((metric, r.name in xs), ("attack on the global model", y is not None))
+                       if not ok]
+            notes.append(f"{r.name}: no {' and no '.join(missing)}")
     plot_privacy_quality(path, points, metric=metric, xlabel=xlabel, n_runs=len(runs), notes=notes)
     return notes
 
