@@ -36,7 +36,7 @@ def test_report_md_holds_the_run(run):
         "| global | secmi | 0.550 | 0.600 | 0.200 | 0.125 | 0.062 | n/m | 32 | 32 |",
         "| global | pia | 0.500 | 0.500 | 0.000 | 0.125 | 0.062 | 0.031 | 32 | 32 |",
         "| client 0 | loss-threshold | 0.625 | 0.600 | 0.200 | n/m | 0.062 |",
-        "| all clients (mean) | loss-threshold | 0.750 |",
+        "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 (1) | 0.062 | n/a | 32 | 32 |",
         "n/m: not measurable",
         "Mechanism `dp-fedavg`: (ε = 2.500, δ = 1.0e-05).",
         "| caption-probe accuracy, final global model samples | 0.917 | 24 captions |",
@@ -93,10 +93,13 @@ def test_an_old_summary_renders_in_both_reports_and_says_what_is_missing(tmp_pat
     assert json.loads((bare / SUMMARY_FILE).read_text()) == {"method": "lora"}  # reports never rewrite it
 
 
-def test_a_failed_attack_is_a_row_with_its_reason(tmp_path):
+def test_failed_attacks_and_client_means(tmp_path):
     summary = make_summary()
     summary["privacy"]["global"]["broken"] = {"error": "attack diverged"}
     summary["privacy"]["clients"]["1"]["pia"] = attack(0.55, 0.5)
+    for attacks in summary["privacy"]["clients"].values():  # 16 non-members per client cannot resolve 0.1%
+        attacks["loss-threshold"]["tpr_at_0.1pct_fpr"] = None
     text = write_markdown_report(make_run(tmp_path / "run", summary)).read_text()
     assert "| global | broken (attack diverged) | n/a | n/a |" in text
     assert "| all clients (mean) | pia | 0.500 |" in text  # the mean of the one client that has it
+    assert "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 | 0.062 | n/m | 32 | 32 |" in text

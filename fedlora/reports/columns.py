@@ -174,7 +174,9 @@ def _mean_row(attack: str, entries: list[Metrics]) -> LeakageRow:
         vals = [auc_deviation(m) if column.key == "auc_dev" else m.number(column.key) for m in entries]
         vals = [v for v in vals if v is not None]
         if not vals:
-            cells.append(Cell(None))
+            unmeasurable = all(unresolvable(m, column.key) for m in entries)
+            cells.append(Cell(None, why="not measurable for any client" if unmeasurable else "",
+                              unmeasurable=unmeasurable))
         elif column.spec == "d":
             cells.append(Cell(fmt(sum(vals), "d")))
         else:  # "(k)": only k of the clients had this number
