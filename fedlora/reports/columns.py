@@ -122,7 +122,7 @@ class Cell:
 
     value: str | None
     note: str = ""
-    why: str = ""  # empty: the whole column is unrecorded (said once below the table)
+    why: str = ""  # empty where the legend says it once (a column no entry records, a client mean)
     unmeasurable: bool = False  # a TPR the non-members cannot resolve
 
 
@@ -154,9 +154,11 @@ def _cell(metrics: Metrics, column: Column, unrecorded: tuple[Column, ...]) -> C
         if column in unrecorded:
             return Cell(None)
         return Cell(None, why=missing_reason(metrics, column.key), unmeasurable=unresolvable(metrics, column.key))
-    lo, hi = metrics.number("auc_ci_low"), metrics.number("auc_ci_high")
-    ci = column.key == "auc" and lo is not None and hi is not None
-    return Cell(fmt(value, column.spec), f"[{lo:.3f}, {hi:.3f}]" if ci else "")
+    note = ""
+    if column.key == "auc":
+        lo, hi = metrics.number("auc_ci_low"), metrics.number("auc_ci_high")
+        note = "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+    return Cell(fmt(value, column.spec), note)
 
 
 def _row(target: str, attack: str, metrics: Metrics, unrecorded: tuple[Column, ...]) -> LeakageRow:
