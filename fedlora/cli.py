@@ -62,7 +62,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluation.compare import compare_runs
+    from .reports import compare_runs
 
     table, figure = compare_runs(args.run_dirs, args.out)
     print(f"comparison table {table}; privacy-quality scatter {figure}")

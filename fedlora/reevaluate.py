@@ -8,7 +8,7 @@ another run. Training-time numbers (timing, communication, DP) are kept from the
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,8 +18,8 @@ from .data import Splits
 from .runtime import get_runtime
 from .models.lora import ADAPTER_WEIGHTS, ModelView, load_view
 from .outputs import ADAPTER_DIR, CONFIG_FILE, GLOBAL_VIEW, SPLITS_FILE, SUMMARY_FILE, VIEWS_DIR, RunOutputs
-from .evaluation.html_report import write_html_report
-from .reporting import Communication, RunResult, RunTimings, evaluate_outputs
+from .reporting import RunResult, evaluate_outputs
+from .reports import Communication, Timing, load_summary, write_reports
 
 
 def _global_view(outputs: RunOutputs, adapter_rank: int, runtime_rank: int) -> ModelView:
@@ -39,6 +39,7 @@ def _global_view(outputs: RunOutputs, adapter_rank: int, runtime_rank: int) -> M
 
 
 def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
+    """Attack and score the run folder again; returns (and writes) its new summary.json."""
     root = Path(run_dir)
     for name in (CONFIG_FILE, SPLITS_FILE, SUMMARY_FILE):
         if not (root / name).is_file():
@@ -49,26 +50,25 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
             raise ConfigError(f"fedlora evaluate only changes [evaluation] keys; {key!r} would describe another run")
     cfg = load_config(root / CONFIG_FILE, overrides)
     outputs = RunOutputs(root)
-    old = json.loads((root / SUMMARY_FILE).read_text())
+    old = load_summary(root)
     splits = Splits.load(root / SPLITS_FILE)
-    view = _global_view(outputs, int(old.get("adapter_rank", cfg.model.lora_rank)), cfg.model.lora_rank)
+    adapter_rank = cfg.model.lora_rank if old.adapter_rank is None else int(old.adapter_rank)
+    view = _global_view(outputs, adapter_rank, cfg.model.lora_rank)
     clients = {int(p.stem.split("_", 1)[1]): load_view(p) for p in sorted((root / VIEWS_DIR).glob("client_*.safetensors"))}
     runtime = get_runtime(cfg)
-    timing = RunTimings(**{k: v for k, v in old.get("timing", {}).items() if k in RunTimings.__dataclass_fields__})
-    timing.eval_s = 0.0
-    comm = Communication(**{k: v for k, v in old.get("communication", {}).items() if k in Communication.__dataclass_fields__})
-    dp = old["privacy"].get("dp", {})
-    result = RunResult(timing, comm, dp=dp if dp.get("mechanism", "none") != "none" else {},
-                       adapter_rank=int(old.get("adapter_rank", 0)))
+    trained = old.timing or Timing()
+    dp = dict(old.privacy.dp or {})
+    result = RunResult(dataclasses.replace(trained, eval_s=0.0), old.communication or Communication(),
+                       dp=dp if dp.get("mechanism", "none") != "none" else {}, adapter_rank=int(old.adapter_rank or 0))
     t0 = time.perf_counter()
     summary = evaluate_outputs(outputs, cfg, runtime, splits, view, clients, result, t0, started=None)
     # timing stays the training run's; the re-evaluation's own time is added next to it
-    summary["timing"] = {**old.get("timing", {}), "reevaluate_s": result.timing.eval_s}
-    if not clients and old["privacy"].get("clients") and cfg.evaluation.attack_clients:
+    summary.timing = dataclasses.replace(trained, reevaluate_s=result.timing.eval_s)
+    if not clients and old.privacy.clients and cfg.evaluation.attack_clients:
         # a run from before views/ existed: its client updates are gone, keep their training-time audit
-        summary["privacy"]["clients"] = old["privacy"]["clients"]
-        summary["privacy"]["clients_from"] = "training-time audit (no saved client updates to re-attack)"
-    outputs.write_json(SUMMARY_FILE, summary)
-    write_html_report(root)
+        summary.privacy.clients = old.privacy.clients
+        summary.privacy.clients_from = "training-time audit (no saved client updates to re-attack)"
+    summary.write(root)
     (root / CONFIG_FILE).write_text(cfg.to_toml())  # the evaluation keys now match summary.json
-    return summary
+    write_reports(root)
+    return summary.to_dict()

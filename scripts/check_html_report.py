@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPORT_HTML = "report.html"  # fedlora.evaluation.html_report.REPORT_HTML, without importing fedlora
+REPORT_HTML = "report.html"  # fedlora.outputs.REPORT_HTML, without importing fedlora
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "headless_shell")
 
 
@@ -67,7 +67,7 @@ def check_html(path: str | Path, chromium: str, budget_ms: int = 10_000, timeout
     if "data-images" not in attrs or "data-broken-images" not in attrs:
         raise HtmlCheckError(
             f"{src}: <body> has no data-images/data-broken-images: the page's load script did not run "
-            "(not written by fedlora.evaluation.html_report, or the load event never fired)"
+            "(not written by fedlora.reports, or the load event never fired)"
         )
     return int(attrs["data-images"]), int(attrs["data-broken-images"])
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     target = Path(args.run_dir)
     if args.write:
-        from fedlora.evaluation.html_report import write_html_report
+        from fedlora.reports import write_html_report
 
         target = write_html_report(target)
     elif target.is_dir():

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fedlora.evaluation.compare import COMPARISON_TABLE, PRIVACY_QUALITY_FIGURE, compare_runs
-from fedlora.outputs import SUMMARY_FILE
+from fedlora.outputs import COMPARISON_TABLE, PRIVACY_QUALITY_FIGURE, SUMMARY_FILE
+from fedlora.reports import compare_runs
 
 
 def attack(auc, asr):

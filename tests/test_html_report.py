@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fedlora.evaluation.html_report import REPORT_HTML, write_html_report
 from fedlora.outputs import (
     CONFIG_FILE,
     METRICS_FILE,
+    REPORT_HTML,
     ROC_FIGURE,
     SAMPLES_FILE,
     SPLITS_FILE,
     SUMMARY_FILE,
     TRAINING_FIGURE,
 )
+from fedlora.reports import write_html_report
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_html_report.py"
 FIGURES = (SAMPLES_FILE, TRAINING_FIGURE, ROC_FIGURE)

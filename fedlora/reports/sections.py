@@ -1,0 +1,135 @@
+"""The report sections both report.md and report.html show, as plain tables built from the run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .columns import Cell, DpGuarantee, LeakageTable, as_number, by_client_id, dp_guarantee, fmt, leakage_table
+from .folder import RunFolder
+from .summary import Metrics
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str | Cell, ...], ...]
+    total: bool = False  # the last row sums the others
+
+
+SPLIT_COLUMNS = (
+    ("members", "members"),
+    ("member_aux", "member aux"),
+    ("member_test", "member test"),
+    ("nonmember_aux", "non-member aux"),
+    ("nonmember_test", "non-member test"),
+)
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    public: int | None  # the public (base pretraining) split
+    facts: tuple[tuple[str, Any], ...]  # dataset, seed, public_seed where splits.json records them
+    table: Table | None  # per client and all clients; None when splits.json lists no clients
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, (list, tuple, dict)):
+        return len(value)
+    x = as_number(value)
+    return None if x is None else int(x)
+
+
+def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
+    """Sizes from splits.json as ``RunFolder`` reads it; sets this version does not know get a column too."""
+    clients = splits["clients"]
+    labels = dict(SPLIT_COLUMNS)
+    extra = sorted({k for c in clients.values() for k in c} - set(labels))
+    keys = [k for k in labels if any(k in c for c in clients.values())] + extra
+    rows, totals = [], {k: 0 for k in keys}
+    for cid in by_client_id(clients):
+        counts = [_count(clients[cid].get(k)) for k in keys]
+        rows.append((f"client {cid}", *("—" if n is None else str(n) for n in counts)))
+        for k, n in zip(keys, counts):
+            totals[k] += n or 0
+    table = None
+    if rows:
+        rows.append(("all clients", *(str(totals[k]) for k in keys)))
+        table = Table(("client", *(labels.get(k, k) for k in keys)), tuple(rows), total=True)
+    facts = tuple((k, splits[k]) for k in ("dataset", "seed", "public_seed") if k in splits)
+    return SplitSizes(_count(splits.get("public")), facts, table)
+
+
+def round_epsilon(row: Mapping[str, Any]) -> float | None:
+    """The round's ε: the server's (central DP), else the largest client's (local DP)."""
+    eps = as_number(row.get("dp_epsilon"))
+    if eps is not None:
+        return eps
+    vals = [as_number(c.get("dp_epsilon")) for c in (row.get("clients") or {}).values() if isinstance(c, Mapping)]
+    vals = [v for v in vals if v is not None]
+    return max(vals) if vals else None
+
+
+def round_table(rows: list[dict[str, Any]]) -> Table:
+    """One row per metrics.jsonl line; the DP ε column only when some round has one."""
+    has_eps = any(round_epsilon(r) is not None for r in rows)
+    header = ("round", "member loss", "non-member loss", "gap", "clients", "bytes up / client", "round s")
+    body = []
+    for r in rows:
+        line = (str(r.get("round", "?")), fmt(r.get("member_loss"), ".4f"), fmt(r.get("nonmember_loss"), ".4f"),
+                fmt(r.get("loss_gap"), "+.4f"), str(len(r.get("clients") or {})),
+                fmt(r.get("bytes_up_per_client"), ",.0f") if "bytes_up_per_client" in r else "—",
+                fmt(r.get("round_s"), ".1f") if "round_s" in r else "—")
+        body.append(line + ((fmt(round_epsilon(r), ".3f"),) if has_eps else ()))
+    return Table(header + (("DP ε",) if has_eps else ()), tuple(body))
+
+
+CAPTION_ROWS = (
+    ("caption_accuracy_real_members", "caption-probe accuracy, real member images"),
+    ("caption_accuracy_base", "caption-probe accuracy, base model samples"),
+    ("caption_accuracy", "caption-probe accuracy, final global model samples"),
+)
+KID_FID_KEYS = {"kid", "kid_std", "fid", "kid_fid_n_generated", "kid_fid_n_reference", "kid_subset_size"}
+
+
+def quality_table(q: Metrics) -> Table:
+    """Caption-probe accuracies, KID and FID with their sample sizes, then any other recorded metric."""
+    rows, used = [], set()
+    if "caption_accuracy" in q:
+        n = fmt(q.get("caption_accuracy_n"), "d")
+        rows += [(label, fmt(q[key], ".3f"), f"{n} captions") for key, label in CAPTION_ROWS if key in q]
+        used |= {key for key, _ in CAPTION_ROWS} | {"caption_accuracy_n"}
+    if "kid" in q or "fid" in q:
+        n_text = (f"{fmt(q.get('kid_fid_n_generated'), 'd')} generated vs "
+                  f"{fmt(q.get('kid_fid_n_reference'), 'd')} member images")
+        sub = f", subsets of {fmt(q.get('kid_subset_size'), 'd')}" if "kid_subset_size" in q else ""
+        if "kid" in q:
+            kid = fmt(q.get("kid"), ".4f") + (f" ± {fmt(q.get('kid_std'), '.4f')}" if "kid_std" in q else "")
+            rows.append(("KID (Inception, 2048-d)", kid, n_text + sub))
+        if "fid" in q:
+            rows.append(("FID (biased at small N: compare equal N only)", fmt(q.get("fid"), ".2f"), n_text))
+        used |= KID_FID_KEYS
+    rows += [(key, fmt(value, ".4g"), "") for key, value in q.items() if key not in used]
+    return Table(("metric", "value", "n"), tuple(rows))
+
+
+@dataclass(frozen=True)
+class Sections:
+    """What both reports show of a run folder; None where the file it comes from is missing or unreadable."""
+
+    splits: SplitSizes | None
+    rounds: Table | None  # no rows: metrics.jsonl holds no rounds
+    leakage: LeakageTable | None
+    quality: Table | None
+    dp: DpGuarantee | None
+
+    @classmethod
+    def of(cls, folder: RunFolder) -> Sections:
+        s = folder.summary
+        return cls(
+            splits=None if folder.splits is None else split_sizes(folder.splits),
+            rounds=None if folder.metrics is None else round_table(folder.metrics),
+            leakage=None if s is None else leakage_table(s.privacy),
+            quality=None if s is None else quality_table(s.quality),
+            dp=None if s is None else dp_guarantee(s.privacy.dp),
+        )

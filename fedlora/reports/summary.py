@@ -1,0 +1,198 @@
+"""``summary.json`` as one typed record, read and written only here.
+
+Reading is tolerant, because reports and comparisons must work on runs of any age: a missing
+section or key reads as its default (or None), and a key this version does not know is kept
+in ``extra`` so that rewriting a summary never drops it. Writing keeps today's key order
+(``to_dict`` of a freshly read file gives the same JSON back) and is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from ..outputs import SUMMARY_FILE, RunOutputs
+from .columns import as_number
+
+S = TypeVar("S")
+
+
+class Metrics(dict[str, Any]):
+    """A block whose keys vary by run (one attack's leakage numbers, quality, DP): the JSON object, with typed reads."""
+
+    def number(self, key: str) -> float | None:
+        """The value as a finite float, None when missing, NaN or not a number."""
+        return as_number(self.get(key))
+
+    def block(self, key: str) -> Metrics:
+        """A nested object (``details``, ``unmeasurable``, ...), empty when absent or not an object."""
+        value = self.get(key)
+        return Metrics(value) if isinstance(value, Mapping) else Metrics()
+
+
+def _keys(cls: type) -> dict[str, str]:
+    """JSON key -> field name, in field (= file) order; ``extra`` is not a key."""
+    return {f.metadata.get("key", f.name): f.name for f in fields(cls) if f.name != "extra"}
+
+
+def _split(cls: type, data: Mapping[str, Any], shapes: Mapping[str, type] | None = None) -> tuple[dict, dict]:
+    """(known values by field name, unknown keys); a known key of the wrong shape is kept as unknown, read as absent."""
+    keys, shapes = _keys(cls), shapes or {}
+    known, extra = {}, {}
+    for key, value in data.items():
+        name = keys.get(key)
+        if name is None or (name in shapes and not isinstance(value, shapes[name])):
+            extra[key] = value
+        else:
+            known[name] = value
+    return known, extra
+
+
+def _join(obj: Any, **converted: Any) -> dict[str, Any]:
+    """The known fields that are set (None = not recorded), then the unknown keys, as JSON."""
+    out = {}
+    for key, name in _keys(type(obj)).items():
+        value = converted[name] if name in converted else getattr(obj, name)
+        if value is not None:
+            out[key] = value
+    return {**out, **obj.extra}
+
+
+def _flat(cls: type[S], data: Mapping[str, Any]) -> S:
+    known, extra = _split(cls, data)
+    return cls(**known, extra=extra)
+
+
+@dataclass
+class Timing:
+    """Wall time in seconds; ``reevaluate_s`` is the last ``fedlora evaluate``'s own time."""
+
+    total_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    reevaluate_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timing:
+        return _flat(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _join(self)
+
+
+@dataclass
+class Communication:
+    """Mean bytes per participating client and round; eval-only bytes (FedSA's B for the audit) apart."""
+
+    bytes_up_per_client_round: float = 0.0
+    bytes_down_per_client_round: float = 0.0
+    bytes_eval_only_per_client_round: float = 0.0
+    bytes_down_per_client_round_max: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Communication:
+        return _flat(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _join(self)
+
+
+Attacks = dict[str, Metrics]  # attack name -> leakage_metrics' keys plus ``details``
+
+
+def _attacks(data: Mapping[str, Any]) -> Attacks:
+    """A non-object entry cannot be read as metrics: it becomes an error the reports show."""
+    return {name: Metrics(m) if isinstance(m, Mapping) else Metrics(error=f"unexpected entry: {m!r}")
+            for name, m in data.items()}
+
+
+@dataclass
+class Privacy:
+    """The membership audit of the global model and of each client's last update, and the DP mechanism."""
+
+    global_model: Attacks = field(default_factory=dict, metadata={"key": "global"})
+    clients: dict[str, Attacks] = field(default_factory=dict)  # client id -> attacks on its last update
+    dp: Metrics | None = None  # None: a run from before DP reporting
+    clients_from: str | None = None  # where the client rows come from when not from this evaluation
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Privacy:
+        known, extra = _split(cls, data, {"global_model": Mapping, "clients": Mapping, "dp": Mapping})
+        # a client entry that is not an object has no attack to show
+        clients = {str(c): _attacks(a) for c, a in known.pop("clients", {}).items() if isinstance(a, Mapping)}
+        return cls(global_model=_attacks(known.pop("global_model", {})), clients=clients,
+                   dp=Metrics(known.pop("dp")) if "dp" in known else None, **known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _join(self, global_model={a: dict(m) for a, m in self.global_model.items()},
+                     clients={c: {a: dict(m) for a, m in attacks.items()} for c, attacks in self.clients.items()},
+                     dp=None if self.dp is None else dict(self.dp))
+
+    def attack_names(self) -> list[str]:
+        """Every attack name, global model first, in the order the summary lists them."""
+        names: list[str] = []
+        for attacks in (self.global_model, *self.clients.values()):
+            names += [a for a in attacks if a not in names]
+        return names
+
+
+@dataclass
+class RunSummary:
+    """One finished run's summary.json; fields in the file's key order."""
+
+    method: str | None = None
+    aggregation: str | None = None
+    num_clients: int | None = None
+    rounds: int | None = None
+    seed: int | None = None
+    base_model: str | None = None
+    dataset: str | None = None
+    privacy: Privacy = field(default_factory=Privacy)
+    adapter_rank: int | None = None
+    client_ranks: list[int] | None = None
+    quality: Metrics = field(default_factory=Metrics)
+    timing: Timing | None = None  # None: the summary records no timing
+    communication: Communication | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
+        shapes = {"privacy": Mapping, "quality": Mapping, "timing": Mapping, "communication": Mapping,
+                  "client_ranks": list}
+        known, extra = _split(cls, data, shapes)
+        sections = {
+            "privacy": Privacy.from_dict(known.pop("privacy", {})),
+            "quality": Metrics(known.pop("quality", {})),
+            "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
+            "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
+        }
+        return cls(**known, **sections, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, keys in summary.json's order (unknown keys last)."""
+        return _join(self, privacy=self.privacy.to_dict(), quality=dict(self.quality),
+                     timing=None if self.timing is None else self.timing.to_dict(),
+                     communication=None if self.communication is None else self.communication.to_dict())
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Atomically (temporary file, then replace); NaN and inf become null."""
+        return RunOutputs(run_dir).write_json(SUMMARY_FILE, self.to_dict())
+
+
+def load_summary(run_dir: str | Path) -> RunSummary:
+    """The run's summary.json; errors name the folder, not just the file."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run folder?)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{run_dir}: {SUMMARY_FILE} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{run_dir}: {SUMMARY_FILE} does not hold a JSON object")
+    return RunSummary.from_dict(data)
