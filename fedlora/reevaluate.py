@@ -18,7 +18,7 @@ from .data import Splits
 from .runtime import get_runtime
 from .models.lora import ADAPTER_WEIGHTS, ModelView, load_view
 from .outputs import ADAPTER_DIR, CONFIG_FILE, GLOBAL_VIEW, SPLITS_FILE, SUMMARY_FILE, VIEWS_DIR, RunOutputs
-from .reporting import RunResult, evaluate_outputs
+from .finalize import RunResult, evaluate_outputs
 from .reports import Communication, Timing, load_summary, write_reports
 
 

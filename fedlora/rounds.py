@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .reports import Communication
+
 
 @dataclass
 class RoundRecord:
@@ -48,3 +52,20 @@ class RoundLog:
 
     def row(self, server_round: int) -> dict[str, Any]:
         return self.rounds[server_round].row() if server_round in self.rounds else {}
+
+    def communication(self) -> Communication:
+        """Mean bytes per participating client and round over the trained rounds (FedSA's audit-only B apart)."""
+        trained = self.trained()
+
+        def values(key: str) -> list[float]:
+            return [getattr(r, key) or 0.0 for r in trained]
+
+        def mean(key: str) -> float:
+            return float(np.mean(values(key))) if trained else 0.0
+
+        return Communication(
+            bytes_up_per_client_round=mean("bytes_up_per_client"),
+            bytes_down_per_client_round=mean("bytes_down_per_client"),
+            bytes_eval_only_per_client_round=mean("bytes_eval_only_per_client"),
+            bytes_down_per_client_round_max=max(values("bytes_down_per_client"), default=0.0),
+        )

@@ -21,7 +21,8 @@ from fedlora.models.lora import ModelView
 from fedlora.outputs import SPLITS_FILE, RunOutputs
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import CONFIG, PARTITION_ID
-from fedlora.reporting import Communication, RunResult, RunTimings, finalize_run
+from fedlora.finalize import RunResult, finalize_run
+from fedlora.reports import Timing
 from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
 from fedlora.runtime import check_base_matches_data, get_runtime, get_splits
@@ -81,7 +82,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
     strategy = strategy_cls(rule=rule, log=log, partition_of=partition_of, fraction=cfg.federation.fraction_train,
                             seed=cfg.run.seed, config_text=cfg.to_toml())
     runner = dp.wrap(strategy)
-    timings = RunTimings()
+    timings = Timing()
     progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -106,12 +107,11 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         evaluate_fn=evaluate,
     )
     progress.close()
-    trained = log.trained()
-    if not trained:
+    if not log.trained():
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
     strategy.sync_global(result.arrays)
     final = rule.global_view()
-    run_result = RunResult(timings, Communication.from_rounds(trained), dp=dp.summary(log))
+    run_result = RunResult(timings, log.communication(), dp=dp.summary(log))
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started, rule.client_views())
     return outputs.root, final
 

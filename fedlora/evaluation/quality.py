@@ -1,18 +1,23 @@
-"""A cheap, offline generation-quality check: do samples show what their captions say?
+"""Generation quality of a run's final model: a caption probe and, if asked, KID/FID.
 
-A logistic-regression probe is fit on the public split's pixels with the caption as the
-label, then applied to generated images. This is no FID (no Inception weights ship
-offline here); it answers one question, recognisability per caption, and says so by name.
-Only meaningful for datasets with few distinct captions (class-like), e.g. the digits.
+The caption probe is a cheap, offline check of one question, whether samples show what their
+captions say: a logistic-regression classifier is fit on the public split's pixels with the
+caption as the label, then applied to generated images. Only meaningful for datasets with few
+distinct captions (class-like), e.g. the digits. KID/FID use the offline Inception network
+(``inception.py``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..data import ImageDataset
+from ..config import ExperimentConfig
+from ..data import ImageDataset, Splits, load_dataset, public_subset
+from ..models.lora import ModelView
+from .samples import generate
+from .tracking import pick_eval_ids
 
 MAX_CAPTION_CLASSES = 50
 
@@ -42,3 +47,33 @@ class CaptionProbe:
 
 def caption_probe_or_none(public: ImageDataset, seed: int = 0) -> CaptionProbe | None:
     return CaptionProbe(public, seed) if len(set(public.captions)) <= MAX_CAPTION_CLASSES else None
+
+
+def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: ModelView) -> dict[str, float]:
+    """Caption-probe accuracy (final model, base with B = 0, real members) and, if asked, KID/FID."""
+    dataset = load_dataset(cfg.data)
+    kwargs: dict[str, Any] = dict(steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale,
+                                  seed=cfg.run.seed + 1)
+    out: dict[str, float] = {}
+    probe = caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed) if cfg.evaluation.quality_samples else None
+    if probe is not None:
+        member_ids, _ = pick_eval_ids(splits, cfg.evaluation.quality_samples, cfg.run.seed + 1)
+        idx = dataset.indices_of(member_ids)
+        captions = [dataset.captions[i] for i in idx]
+        out["caption_accuracy_real_members"] = probe.accuracy(dataset.images[idx], captions)
+        runtime.show(ModelView())
+        out["caption_accuracy_base"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
+        runtime.show(view)
+        out["caption_accuracy"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
+        out["caption_accuracy_n"] = float(len(captions))
+    if cfg.evaluation.kid_fid:
+        from .inception import kid_fid
+
+        member_ids, _ = pick_eval_ids(splits, cfg.evaluation.kid_fid_samples, cfg.run.seed + 2)
+        idx = dataset.indices_of(member_ids)
+        runtime.show(view)
+        fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
+        res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed)
+        out.update(kid=res["kid"], kid_std=res["kid_std"], fid=res["fid"], kid_fid_n_generated=float(res["n_generated"]),
+                   kid_fid_n_reference=float(res["n_reference"]), kid_subset_size=float(res["kid_subset_size"]))
+    return out

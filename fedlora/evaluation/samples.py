@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from ..config import ExperimentConfig
+from ..data import Splits, load_dataset
+from .tracking import pick_eval_ids
 
 
 @torch.no_grad()
@@ -48,3 +52,25 @@ def save_grid(images: np.ndarray, path: str | Path, *, ncols: int, labels: Seque
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+def save_member_samples(path: Path, cfg: ExperimentConfig, runtime: Any, splits: Splits) -> None:
+    """Member images (top row) above what the global model generates from their captions."""
+    dataset = load_dataset(cfg.data)
+    member_ids, _ = pick_eval_ids(splits, cfg.evaluation.num_samples, cfg.run.seed)
+    idx = dataset.indices_of(member_ids)
+    captions = [dataset.captions[i] for i in idx]
+    fake = generate(runtime.pipe, captions, steps=cfg.evaluation.sample_steps,
+                    guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed)
+    ncols = min(8, len(idx))
+    rows = []
+    for start in range(0, len(idx), ncols):
+        rows.append(dataset.images[idx[start : start + ncols]])
+        rows.append(fake[start : start + ncols])
+    images = np.concatenate(rows)
+    labels = [c.split()[-1] for c in captions]
+    row_labels = []
+    for start in range(0, len(idx), ncols):
+        chunk = labels[start : start + ncols]
+        row_labels += [f"real {c}" for c in chunk] + [f"gen {c}" for c in chunk]
+    save_grid(images, path, ncols=ncols, labels=row_labels)
