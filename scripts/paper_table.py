@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from doc_sections import write_section
+from sweep import ROOT, archive, fedlora_run, read_summary, write_section
+
+from fedlora.evaluation.leakage import LOW_FPRS
+from fedlora.registry import ATTACKS as REGISTERED_ATTACKS
 
 SETTINGS = {"centralized": "configs/paper-centralized.toml", "federated": "configs/paper-federated.toml"}
 METHODS = ("lora", "mp-lora", "smp-lora")
-ATTACKS = ("learned-mlp", "learned-mlp-paper", "loss-threshold")
-ROOT = Path(__file__).resolve().parent.parent
+ATTACKS = ("learned-mlp", "learned-mlp-paper", "loss-threshold")  # Table 1's columns; every attack: the registry
 
 
 def run_dir(runs: Path, setting: str, method: str, seed: int, tag: str = "") -> Path:
@@ -32,21 +30,8 @@ def run_dir(runs: Path, setting: str, method: str, seed: int, tag: str = "") -> 
 
 
 def run_one(runs: Path, setting: str, method: str, seed: int, extra: list[str], tag: str) -> Path:
-    out = run_dir(runs, setting, method, seed, tag)
-    if (out / "summary.json").exists():
-        print(f"[paper_table] reuse {out}")
-        return out
-    cmd = [
-        str(ROOT / ".venv/bin/fedlora"), "run", SETTINGS[setting],
-        "--set", f"train.method='{method}'", "--set", f"run.seed={seed}",
-        "--set", f"run.name='{out.name}'", "--set", f"run.output_dir='{runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs}'", *sum((["--set", e] for e in extra), []),
-    ]
-    print("[paper_table] " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    env = dict(os.environ, RAY_ADDRESS=os.environ.get("RAY_ADDRESS", "local"))
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-    print(f"[paper_table] {out.name} took {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+    overrides = [f"train.method='{method}'", f"run.seed={seed}", *extra]
+    return fedlora_run(SETTINGS[setting], overrides, run_dir(runs, setting, method, seed, tag))
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
@@ -60,8 +45,6 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 def _measured(metrics: list[dict], key: str) -> list[float]:
     """Values where measurable: n non-members resolve FPR x only if n >= 1/x (older summaries stored them anyway)."""
-    from fedlora.evaluation.leakage import LOW_FPRS
-
     return [x[key] for x in metrics if x.get(key) is not None and x["n_nonmembers"] * LOW_FPRS[key] >= 1 - 1e-9]
 
 
@@ -90,7 +73,7 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
         for method in methods:
             for tag in tags:
                 found = [run_dir(runs, setting, method, s, tag) / "summary.json" for s in seeds]
-                summaries[method + tag] = [json.loads(p.read_text()) for p in found if p.exists()]
+                summaries[method + tag] = [read_summary(p.parent) for p in found if p.exists()]
         if not any(summaries.values()):
             continue
         any_summary = next(s for v in summaries.values() for s in v)
@@ -112,7 +95,7 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
             if not runs_:
                 continue
             q = [r["quality"] for r in runs_]
-            legacy = not any("pia" in r["privacy"]["global"] for r in runs_)
+            legacy = not any(reattacked(r) for r in runs_)
             row = f"| {method}{' †' if legacy else ''} | {len(runs_)} | {_fmt([x['kid'] for x in q if 'kid' in x], digits=4)} | " \
                   f"{_fmt([x['fid'] for x in q if 'fid' in x], digits=2)} |"
             for a in ATTACKS:
@@ -124,7 +107,7 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
         if client_rows:
             lines += ["", "Each client's last update as the server sees it (its own D_te; mean ± std over clients"
                       " and seeds):", "", *client_rows]
-        if any(not any("pia" in r["privacy"]["global"] for r in v) for v in summaries.values() if v):
+        if any(not any(reattacked(r) for r in v) for v in summaries.values() if v):
             lines += ["", "† audited at training time only (single-draw learned MLP, epoch chosen by held-out "
                       "accuracy); the other rows were re-attacked with `fedlora evaluate` (4 draws, held-out AUC)."]
         kid_n = [r["quality"].get("kid_fid_n_generated") for v in summaries.values() for r in v]
@@ -189,7 +172,9 @@ def step_time() -> list[str]:
     ]
 
 
-ALL_ATTACKS = ("learned-mlp", "learned-mlp-paper", "loss-threshold", "pia", "secmi", "score-norm", "gradient-norm")
+def reattacked(summary: dict) -> bool:
+    """Audited by more than Table 1's attacks: re-attacked with `fedlora evaluate` (older runs were not)."""
+    return bool(set(summary["privacy"]["global"]) - set(ATTACKS))
 
 
 def attack_table(runs: Path, settings: list[str], methods: list[str], seeds: list[int]) -> list[str]:
@@ -198,8 +183,7 @@ def attack_table(runs: Path, settings: list[str], methods: list[str], seeds: lis
     for setting in settings:
         for method in methods:
             found = [run_dir(runs, setting, method, s) / "summary.json" for s in seeds]
-            summaries = [json.loads(p.read_text()) for p in found if p.exists()]
-            summaries = [s for s in summaries if any(a in s["privacy"]["global"] for a in ALL_ATTACKS[3:])]
+            summaries = [s for s in (read_summary(p.parent) for p in found if p.exists()) if reattacked(s)]
             if summaries:
                 cols.append((f"{setting} {method}", summaries))
     if not cols:
@@ -217,11 +201,11 @@ def attack_table(runs: Path, settings: list[str], methods: list[str], seeds: lis
         "| attack | " + " | ".join(f"{name} ({len(ss)} seed{'s' if len(ss) > 1 else ''})" for name, ss in cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
-    for attack in ALL_ATTACKS:
+    for attack in REGISTERED_ATTACKS.keys():
         cells = []
         for _, ss in cols:
             m = [s["privacy"]["global"][attack] for s in ss if attack in s["privacy"]["global"]]
-            if not m:
+            if not m:  # an attack no run of this column was audited with
                 cells.append("—")
                 continue
             tpr = _measured(m, "tpr_at_5pct_fpr")
@@ -251,22 +235,11 @@ def main() -> int:
                 for method in args.methods:
                     run_one(runs, setting, method, seed, args.extra, args.tag)
     tags = list(dict.fromkeys(["", args.tag, *args.row_tags]))
-    keep = ROOT / "docs/measurements/paper"
-    for summary in sorted(runs.glob("*/summary.json")):
-        dst = keep / summary.parent.name
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("summary.json", "metrics.jsonl", "config.toml"):
-            if (summary.parent / name).exists():
-                text = (summary.parent / name).read_text()
-                if name == "config.toml" and runs.is_relative_to(ROOT):  # no machine paths in the repo
-                    text = text.replace(f'"{runs}"', f'"{runs.relative_to(ROOT)}"')
-                (dst / name).write_text(text)
+    archive(sorted(p.parent for p in runs.glob("*/summary.json")), "paper")
     lines = header(args) + table(runs, args.settings, args.methods, args.seeds, tags) + step_time()
     lines += attack_table(runs, args.settings, args.methods, args.seeds)
-    out = ROOT / args.out
-    write_section(out, "paper-table", lines)
+    write_section("paper-table", lines, ROOT / args.out)
     print("\n".join(lines))
-    print(f"[paper_table] wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from sweep import ROOT, fedlora_run, read_metrics
+
 RECORDS = ROOT / "docs/measurements/regression"
 RUNS = "runs/regression"
 SMOKE, DEFAULT = "configs/smoke.toml", "configs/default.toml"
@@ -67,7 +63,7 @@ def _strip_timing(value: Any) -> Any:
 
 def numbers(run_dir: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     return {
         "summary": {k: summary.get(k) for k in ("privacy", "quality", "communication", "adapter_rank", "client_ranks")},
         "metrics": _strip_timing(rows),
@@ -76,19 +72,7 @@ def numbers(run_dir: Path) -> dict[str, Any]:
 
 def run_case(name: str) -> Path:
     config, overrides = CASES[name]
-    out = ROOT / RUNS / name
-    if out.exists():
-        shutil.rmtree(out)
-    sets = overrides + [f"run.name='{name}'", f"run.output_dir='{RUNS}'"]
-    cmd = [str(ROOT / ".venv/bin/fedlora"), "run", config, *sum((["--set", s] for s in sets), [])]
-    env = dict(os.environ, RAY_ADDRESS="local", FLWR_TELEMETRY_ENABLED="0", HF_HUB_OFFLINE="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise RuntimeError(f"case {name}: fedlora run failed with exit code {proc.returncode}")
-    print(f"[regression] {name}: ran in {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+    return fedlora_run(config, overrides, ROOT / RUNS / name, fresh=True, quiet=True)
 
 
 def differences(old: Any, new: Any, path: str = "") -> list[tuple[str, str]]:

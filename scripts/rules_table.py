@@ -12,19 +12,15 @@ section is written between markers in docs/results.md, leaving the rest of the f
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from doc_sections import write_section
+from sweep import ROOT, archive, fedlora_run, read_metrics, read_summary, write_section
 
-ROOT = Path(__file__).resolve().parent.parent
+from fedlora.registry import RULES as REGISTERED_RULES
+
 CONFIG = "configs/default.toml"
-RULES = ("fedavg", "ffa", "flora", "svd", "fedsa")
+RULES = REGISTERED_RULES.keys()
 METHODS = ("lora", "smp-lora")
 PARTITIONS = {"iid": ["data.partition='iid'"], "dirichlet": ["data.partition='dirichlet'", "data.dirichlet_alpha=0.5"]}
 # every run: a shorter attack (30 epochs), KID/FID on 64 images
@@ -60,18 +56,7 @@ def cells(partitions: list[str], rules: list[str], methods: list[str], variants:
 
 
 def run_one(runs: Path, name: str, extra: list[str], seed: int) -> Path:
-    out = runs / f"{name}-s{seed}"
-    if (out / "summary.json").exists():
-        print(f"[rules_table] reuse {out}", flush=True)
-        return out
-    rel = runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs
-    sets = COMMON + extra + [f"run.seed={seed}", f"run.name='{out.name}'", f"run.output_dir='{rel}'"]
-    cmd = [str(ROOT / ".venv/bin/fedlora"), "run", CONFIG, *sum((["--set", s] for s in sets), [])]
-    print("[rules_table] " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, RAY_ADDRESS=os.environ.get("RAY_ADDRESS", "local")))
-    print(f"[rules_table] {out.name} took {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+    return fedlora_run(CONFIG, COMMON + extra + [f"run.seed={seed}"], runs / f"{name}-s{seed}")
 
 
 def _pct(x: float) -> str:
@@ -84,7 +69,7 @@ def _kib(x: float) -> str:
 
 def loss_change(run: Path) -> str:
     """Members' and non-members' mean loss change from the base (round 0) to the final round, ×1e4."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run)
     first, last = rows[0], rows[-1]
     return (f"{1e4 * (last['member_loss'] - first['member_loss']):+.1f} / "
             f"{1e4 * (last['nonmember_loss'] - first['nonmember_loss']):+.1f}")
@@ -112,7 +97,7 @@ def row(name: str, s: dict, run: Path) -> str:
 
 
 def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str) -> list[str]:
-    summaries = {name: json.loads(p.read_text()) for name, _ in plan if (p := runs / f"{name}-s{seed}" / "summary.json").exists()}
+    summaries = {name: read_summary(p.parent) for name, _ in plan if (p := runs / f"{name}-s{seed}" / "summary.json").exists()}
     if not summaries:
         return []
     any_s = next(iter(summaries.values()))
@@ -169,13 +154,7 @@ def main() -> int:
     if not args.table_only:
         for name, extra in plan:
             run_one(runs, name, extra, args.seed)
-    keep = ROOT / "docs/measurements/rules"
-    for name, _ in plan:
-        src = runs / f"{name}-s{args.seed}"
-        if (src / "summary.json").exists():
-            (keep / src.name).mkdir(parents=True, exist_ok=True)
-            for f in ("summary.json", "metrics.jsonl", "config.toml"):
-                (keep / src.name / f).write_bytes((src / f).read_bytes())
+    archive([runs / f"{name}-s{args.seed}" for name, _ in plan], "rules")
     command = (
         "RAY_ADDRESS=local .venv/bin/python scripts/rules_table.py"
         f" --partitions {' '.join(args.partitions)} --rules {' '.join(args.rules)} --methods {' '.join(args.methods)}"
@@ -183,9 +162,8 @@ def main() -> int:
         + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "") + f" --seed {args.seed}"
     )
     lines = table(runs, plan, args.seed, command)
-    write_section(ROOT / args.out, SECTION, lines)
+    write_section(SECTION, lines, ROOT / args.out)
     print("\n".join(lines))
-    print(f"[rules_table] wrote {args.out}", file=sys.stderr)
     return 0
 
 
