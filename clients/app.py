@@ -20,8 +20,18 @@ from flwr.clientapp.mod import fixedclipping_mod
 from fedlora.config import loads_config
 from fedlora.local_training import client_round
 from fedlora.protocol import (
-    ARRAYS, CLIENT_STATE, CONFIG, CONFIG_KEY, DP_STATE, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, OBJECTIVE_STATE, PARTITION_ID,
+    ARRAYS,
+    CLIENT_STATE,
+    CONFIG,
+    CONFIG_KEY,
+    DP_STATE,
+    EVAL_ONLY_PREFIX,
+    METRICS,
+    NUM_EXAMPLES,
+    OBJECTIVE_STATE,
+    PARTITION_ID,
     RULE_STATE,
+    integer,
 )
 
 
@@ -29,7 +39,11 @@ def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Messa
     """Flower's client-side update clipping, only for runs whose server sends a clipping norm (dp-fedavg)."""
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-    if msg.metadata.message_type.startswith("train") and CONFIG in msg.content and KEY_CLIPPING_NORM in msg.content[CONFIG]:
+    if (
+        msg.metadata.message_type.startswith("train")
+        and CONFIG in msg.content
+        and KEY_CLIPPING_NORM in msg.content.config_records[CONFIG]
+    ):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -47,7 +61,9 @@ def record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def partition_id(context: Context) -> int:
     if PARTITION_ID not in context.node_config:
-        raise KeyError(f"node_config has no {PARTITION_ID!r}; start the SuperNode with --node-config \"{PARTITION_ID}=K\"")
+        raise KeyError(
+            f'node_config has no {PARTITION_ID!r}; start the SuperNode with --node-config "{PARTITION_ID}=K"'
+        )
     return int(context.node_config[PARTITION_ID])
 
 
@@ -58,19 +74,23 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = loads_config(str(msg.content[CONFIG][CONFIG_KEY]))
+    config = msg.content.config_records[CONFIG]
+    cfg = loads_config(str(config[CONFIG_KEY]))
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     pid = partition_id(context)
-    server_round = int(msg.content[CONFIG]["server-round"])
+    server_round = integer(config, "server-round")
     state = context.state
 
     def tensors(key: str) -> dict[str, torch.Tensor] | None:
-        return state[key].to_torch_state_dict() if key in state else None
+        return state.array_records[key].to_torch_state_dict() if key in state else None
 
     result = client_round(
-        cfg, pid, arrays_of(msg.content[ARRAYS]), server_round,
+        cfg,
+        pid,
+        arrays_of(msg.content.array_records[ARRAYS]),
+        server_round,
         objective_state=tensors(OBJECTIVE_STATE),
-        kept=arrays_of(state[RULE_STATE]) if RULE_STATE in state else None,
+        kept=arrays_of(state.array_records[RULE_STATE]) if RULE_STATE in state else None,
         dp_state=tensors(DP_STATE),
     )
     if result.objective_state:
@@ -79,10 +99,10 @@ def train(msg: Message, context: Context) -> Message:
         state[RULE_STATE] = record_of(result.kept)
     if result.dp_state:
         state[DP_STATE] = ArrayRecord(result.dp_state)
-    rounds_trained = int(state[CLIENT_STATE]["rounds-trained"]) if CLIENT_STATE in state else 0
+    rounds_trained = integer(state.metric_records[CLIENT_STATE], "rounds-trained") if CLIENT_STATE in state else 0
     state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
     s = result.stats
-    metrics = {
+    metrics: dict[str, Any] = {
         NUM_EXAMPLES: s.num_examples,
         PARTITION_ID: pid,
         "train_loss": s.loss_mean,

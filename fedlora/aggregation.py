@@ -8,7 +8,8 @@ B·A unless ``scalings`` is given.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,7 +109,9 @@ def to_matrices(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], b.shape[1])
 
 
-def from_matrices(a_mat: np.ndarray, b_mat: np.ndarray, like_a: np.ndarray, like_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def from_matrices(
+    a_mat: np.ndarray, b_mat: np.ndarray, like_a: np.ndarray, like_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`to_matrices`, shaped like the template pair but with the rank of ``a_mat``.
 
     ``from_matrices(*to_matrices(a, b), a, b)`` returns (a, b) unchanged; the rank may change
@@ -170,7 +173,9 @@ def _dtype(states: Sequence[State]) -> np.dtype:
     return np.result_type(*(arr.dtype for s in states for arr in s.values()))
 
 
-def mean_delta(states: Sequence[State], weights: Sequence[float], scalings: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+def mean_delta(
+    states: Sequence[State], weights: Sequence[float], scalings: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
     """The exact target of every federated LoRA rule: ``Σₖ pₖ sₖ Bₖ Aₖ`` per module (float64 matrices).
 
     pₖ are the normalised weights, sₖ the per-client peft scalings (default 1). Ranks may differ.
@@ -182,11 +187,13 @@ def mean_delta(states: Sequence[State], weights: Sequence[float], scalings: Sequ
         raise ValueError(f"{len(states)} client states but {len(p)} weights")
     out = {}
     for prefix in paired[0]:
-        acc = None
+        terms = []
         for pk, sk, pairs in zip(p, s, paired):
             a_mat, b_mat = to_matrices(*pairs[prefix])
-            term = (pk * sk) * (b_mat.astype(np.float64) @ a_mat.astype(np.float64))
-            acc = term if acc is None else acc + term
+            terms.append((pk * sk) * (b_mat.astype(np.float64) @ a_mat.astype(np.float64)))
+        acc = terms[0]
+        for term in terms[1:]:
+            acc = acc + term
         out[prefix] = acc
     return out
 
@@ -262,7 +269,9 @@ def flora_stack(
     for prefix, (a0, b0) in paired[0].items():
         mats = [to_matrices(*pairs[prefix]) for pairs in paired]
         a_stack = np.concatenate([a.astype(np.float64) for a, _ in mats], axis=0)
-        b_stack = np.concatenate([(pk * sk / out_scaling) * b.astype(np.float64) for pk, sk, (_, b) in zip(p, s, mats)], axis=1)
+        b_stack = np.concatenate(
+            [(pk * sk / out_scaling) * b.astype(np.float64) for pk, sk, (_, b) in zip(p, s, mats)], axis=1
+        )
         a_out, b_out = from_matrices(a_stack, b_stack, a0, b0)
         out[lora_key(prefix, "A")] = a_out.astype(dtype)
         out[lora_key(prefix, "B")] = b_out.astype(dtype)
@@ -289,7 +298,7 @@ def truncate(
     ranks: Sequence[int],
     like: Mapping[str, tuple[np.ndarray, np.ndarray]],
     out_scalings: Sequence[float] | None = None,
-    dtype=np.float32,
+    dtype: Any = np.float32,
 ) -> list[dict[str, np.ndarray]]:
     """Best rank-r LoRA factors of dense updates ``W = U S Vᵀ``, one state per requested rank.
 
@@ -388,5 +397,3 @@ def fedsa(states: Sequence[State], weights: Sequence[float]) -> dict[str, np.nda
         raise ValueError(f"{len(states)} client states but {len(p)} weights")
     dtype = _dtype(a_states)
     return {key: _weighted_mean([s[key] for s in a_states], p).astype(dtype) for key in a_states[0]}
-
-

@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from .config import ConfigError, load_config
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment TOML (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config key, e.g. --set federation.rounds=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. --set federation.rounds=3 (repeatable)",
+    )
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -31,11 +36,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     public = public_subset(load_dataset(cfg.data), cfg.data)
     captions = sorted(set(public.captions))[:10]
     grid_captions = [c for c in captions for _ in range(4)]
-    images = generate(pipe, grid_captions, steps=cfg.evaluation.sample_steps,
-                      guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.pretrain.seed)
+    images = generate(
+        pipe,
+        grid_captions,
+        steps=cfg.evaluation.sample_steps,
+        guidance_scale=cfg.evaluation.guidance_scale,
+        seed=cfg.pretrain.seed,
+    )
     # one column per caption: transpose the (caption, seed) order into rows of seeds
     order = [c * 4 + s for s in range(4) for c in range(len(captions))]
-    grid = save_grid(images[order], args.grid, ncols=len(captions), labels=[grid_captions[i].split()[-1] for i in order])
+    grid = save_grid(
+        images[order], args.grid, ncols=len(captions), labels=[grid_captions[i].split()[-1] for i in order]
+    )
     print(f"base model saved to {out}; sample grid {grid}")
     return 0
 
@@ -81,8 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("evaluate", help="attack and score a finished run again (no training)")
     p.add_argument("run_dir", help="a run folder, e.g. runs/default")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="evaluation.KEY=VALUE",
-                   help="change an [evaluation] key, e.g. --set \"evaluation.attacks=['pia','secmi']\" (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="evaluation.KEY=VALUE",
+        help="change an [evaluation] key, e.g. --set \"evaluation.attacks=['pia','secmi']\" (repeatable)",
+    )
     p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("compare", help="a comparison table and a privacy-quality scatter across runs")
     p.add_argument("run_dirs", nargs="+", help="run folders")

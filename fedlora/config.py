@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import tomli_w
 
@@ -28,8 +29,9 @@ T = TypeVar("T")
 __all__ = ["ConfigError", "EMBEDDED_BASE", "ExperimentConfig", "load_config", "loads_config", "parse_override"]
 
 
-def setting(default: T, *, min: float | None = None, max: float | None = None,
-            choices: Registry[Any] | None = None) -> T:
+def setting(
+    default: T, *, min: float | None = None, max: float | None = None, choices: Registry[Any] | None = None
+) -> T:
     """A config field with its bounds (inclusive) or the registry whose keys it may take."""
     meta: dict[str, Any] = {}
     if min is not None:
@@ -38,7 +40,7 @@ def setting(default: T, *, min: float | None = None, max: float | None = None,
         meta["max"] = max
     if choices is not None:
         meta["choices"] = choices
-    return field(default=default, metadata=meta)  # type: ignore[no-any-return]
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,9 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
     if get_origin(annotation) is tuple:
         item = get_args(annotation)[0]
         if item is int:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
                 raise ConfigError(f"{key} must be a list of integers, got {value!r}")
             if any(v < 1 for v in value):
                 raise ConfigError(f"{key} = {list(value)!r}: every entry must be at least 1")
@@ -297,7 +301,8 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"evaluation.{key} must list at least one timestep")
     if cfg.evaluation.secmi_k > cfg.evaluation.secmi_t:
         raise ConfigError(
-            f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed evaluation.secmi_t = {cfg.evaluation.secmi_t}"
+            f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed "
+            f"evaluation.secmi_t = {cfg.evaluation.secmi_t}"
         )
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)

@@ -4,8 +4,9 @@ membership audit, figures, summary.json and the reports (``fedlora.reports`` ren
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,14 +56,23 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
 
 
 def finalize_run(
-    outputs: RunOutputs, cfg: ExperimentConfig, runtime: ModelRuntime, splits: Splits, view: ModelView,
-    result: RunResult, started: float, client_views: Mapping[int, ModelView] | None = None,
+    outputs: RunOutputs,
+    cfg: ExperimentConfig,
+    runtime: ModelRuntime,
+    splits: Splits,
+    view: ModelView,
+    result: RunResult,
+    started: float,
+    client_views: Mapping[int, ModelView] | None = None,
 ) -> RunSummary:
     """Write every output; ``started`` (a perf_counter time) closes the run's wall time."""
     t0 = time.perf_counter()
     adapter, adapter_model = adapter_of_view(view, runtime.initial, runtime.scaling, cfg.model)
-    save_adapter(outputs.path(ADAPTER_DIR), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in adapter.items()},
-                 adapter_model)
+    save_adapter(
+        outputs.path(ADAPTER_DIR),
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in adapter.items()},
+        adapter_model,
+    )
     result.adapter_rank = adapter_model.lora_rank
     # the audited models, so that `fedlora evaluate` can attack them again without training
     save_view(outputs.view_path(GLOBAL_VIEW), view)
@@ -75,14 +85,23 @@ def finalize_run(
 
 
 def evaluate_outputs(
-    outputs: RunOutputs, cfg: ExperimentConfig, runtime: ModelRuntime, splits: Splits, view: ModelView,
-    client_views: Mapping[int, ModelView], result: RunResult, t0: float, started: float | None,
+    outputs: RunOutputs,
+    cfg: ExperimentConfig,
+    runtime: ModelRuntime,
+    splits: Splits,
+    view: ModelView,
+    client_views: Mapping[int, ModelView],
+    result: RunResult,
+    t0: float,
+    started: float | None,
 ) -> RunSummary:
     """Samples, quality, membership audit and figures of a finished run; its summary (not yet written)."""
     runtime.show(view)
     save_member_samples(outputs.path(SAMPLES_FILE), cfg, runtime, splits)
     result.quality = measure_quality(cfg, runtime, splits, view)
-    result.privacy, attack_results = evaluate_membership(cfg, runtime, load_dataset(cfg.data), splits, view, client_views)
+    result.privacy, attack_results = evaluate_membership(
+        cfg, runtime, load_dataset(cfg.data), splits, view, client_views
+    )
     if attack_results:
         plot_roc(outputs.path(ROC_FIGURE), attack_results)
     plot_training(outputs.path(TRAINING_FIGURE), outputs.read_metrics())

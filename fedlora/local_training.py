@@ -7,13 +7,15 @@ Adapter states are numpy arrays throughout (the Flower boundary converts them on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import torch
 
 from .config import ExperimentConfig
+from .data import load_dataset
+from .evaluation.attacks.base import AttackSets
 from .models.diffusion import loss_maps
 from .models.lora import ModelView, init_lora, set_trainable
 from .privacy.attacker import membership_labels
@@ -21,7 +23,6 @@ from .privacy.dp import build_dp_mode
 from .privacy.objectives import LabelledMaps, MembershipBatches, objective_class
 from .rules import Arrays, build_rule, client_rank
 from .runtime import EncodedSamples, ModelRuntime, get_runtime, get_splits
-from .data import load_dataset
 from .training import TrainStats
 
 
@@ -30,21 +31,35 @@ def round_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def membership_batches(runtime: ModelRuntime, member_aux: EncodedSamples, nonmember_aux: EncodedSamples,
-                       member_test: EncodedSamples, nonmember_test: EncodedSamples,
-                       gen: torch.Generator) -> MembershipBatches:
+def client_sets(runtime: ModelRuntime, cfg: ExperimentConfig, client_id: int) -> AttackSets:
+    """The client's own D^m_aux, D^nm_aux and D_te, encoded (cached by the runtime)."""
+    split, dataset = get_splits(cfg).clients[client_id], load_dataset(cfg.data)
+
+    def enc(ids: tuple[str, ...]) -> EncodedSamples:
+        return runtime.encode(dataset, ids)
+
+    return AttackSets(
+        member_aux=enc(split.member_aux),
+        nonmember_aux=enc(split.nonmember_aux),
+        member_test=enc(split.member_test),
+        nonmember_test=enc(split.nonmember_test),
+    )
+
+
+def membership_batches(runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator) -> MembershipBatches:
     """Loss maps for a proxy attacker: balanced random aux batches during the round, D_te after it (no grad)."""
+    m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
 
     def aux(k: int) -> LabelledMaps:
-        mi = torch.randint(0, len(member_aux), (k,), generator=gen)
-        ni = torch.randint(0, len(nonmember_aux), (k,), generator=gen)
-        latents = torch.cat([member_aux.latents[mi], nonmember_aux.latents[ni]])
-        cond = torch.cat([member_aux.cond[mi], nonmember_aux.cond[ni]])
+        mi = torch.randint(0, len(m_aux), (k,), generator=gen)
+        ni = torch.randint(0, len(n_aux), (k,), generator=gen)
+        latents = torch.cat([m_aux.latents[mi], n_aux.latents[ni]])
+        cond = torch.cat([m_aux.cond[mi], n_aux.cond[ni]])
         return loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen), membership_labels(k, k)
 
     def test() -> LabelledMaps:
-        maps = torch.cat([runtime.loss_maps(member_test, gen), runtime.loss_maps(nonmember_test, gen)])
-        return maps, membership_labels(len(member_test), len(nonmember_test))
+        maps = torch.cat([runtime.loss_maps(m_test, gen), runtime.loss_maps(n_test, gen)])
+        return maps, membership_labels(len(m_test), len(n_test))
 
     return MembershipBatches(aux=aux, test=test)
 
@@ -91,7 +106,9 @@ def _client_round(
     """Build the adapter from what the server sent (``payload``) and what this client kept, train
     on its members, and return what the aggregation rule uploads and keeps."""
     if not 0 <= client_id < cfg.federation.num_clients:
-        raise ValueError(f"client id {client_id} is outside 0..{cfg.federation.num_clients - 1} (federation.num_clients)")
+        raise ValueError(
+            f"client id {client_id} is outside 0..{cfg.federation.num_clients - 1} (federation.num_clients)"
+        )
     rule, dp = build_rule(cfg), build_dp_mode(cfg)
     objective_cls = objective_class(cfg.train.method)
     runtime = get_runtime(cfg, client_rank(cfg, client_id))
@@ -100,11 +117,9 @@ def _client_round(
     members = runtime.encode(dataset, split.members)
     seed = round_seed(cfg.run.seed, client_id, server_round)
     gen = torch.Generator().manual_seed(round_seed(seed, 1))
-    batches = None
-    if objective_cls.needs_aux:
-        enc = [runtime.encode(dataset, ids) for ids in
-               (split.member_aux, split.nonmember_aux, split.member_test, split.nonmember_test)]
-        batches = membership_batches(runtime, *enc, gen)
+    batches = (
+        membership_batches(runtime, client_sets(runtime, cfg, client_id), gen) if objective_cls.needs_aux else None
+    )
     objective = objective_cls.build(cfg, members.latents[0].numel(), batches, round_seed(cfg.run.seed, client_id))
     if objective_state:
         objective.load_state_dict(dict(objective_state))

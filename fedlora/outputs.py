@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .config import ExperimentConfig
 
@@ -42,7 +43,7 @@ class RunOutputs:
         self.root = Path(root)
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig) -> "RunOutputs":
+    def create(cls, cfg: ExperimentConfig) -> RunOutputs:
         """A fresh folder; an existing run of the same name is never overwritten (a -N suffix is added)."""
         base = Path(cfg.run.output_dir) / cfg.run.name
         root, k = base, 1

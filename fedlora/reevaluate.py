@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import ConfigError, load_config, parse_override
 from .data import Splits
-from .runtime import get_runtime
+from .finalize import RunResult, evaluate_outputs
 from .models.lora import ADAPTER_WEIGHTS, ModelView, load_view
 from .outputs import ADAPTER_DIR, CONFIG_FILE, GLOBAL_VIEW, SPLITS_FILE, SUMMARY_FILE, VIEWS_DIR, RunOutputs
-from .finalize import RunResult, evaluate_outputs
 from .reports import Communication, Timing, load_summary, write_reports
+from .runtime import get_runtime
 
 
 def _global_view(outputs: RunOutputs, adapter_rank: int, runtime_rank: int) -> ModelView:
@@ -32,10 +32,16 @@ def _global_view(outputs: RunOutputs, adapter_rank: int, runtime_rank: int) -> M
         from safetensors.torch import load_file
 
         def peft_key(key: str) -> str:  # diffusers' export names attention LoRAs lora.down / lora.up
-            return key.removeprefix("unet.").replace(".lora.down.weight", ".lora_A.weight").replace(".lora.up.weight", ".lora_B.weight")
+            return (
+                key.removeprefix("unet.")
+                .replace(".lora.down.weight", ".lora_A.weight")
+                .replace(".lora.up.weight", ".lora_B.weight")
+            )
 
         return ModelView(lora={peft_key(k): v.numpy() for k, v in load_file(str(weights)).items()})
-    raise FileNotFoundError(f"{path} is missing and {weights} is not a rank-{runtime_rank} LoRA of this config: nothing to evaluate")
+    raise FileNotFoundError(
+        f"{path} is missing and {weights} is not a rank-{runtime_rank} LoRA of this config: nothing to evaluate"
+    )
 
 
 def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
@@ -54,12 +60,18 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     splits = Splits.load(root / SPLITS_FILE)
     adapter_rank = cfg.model.lora_rank if old.adapter_rank is None else int(old.adapter_rank)
     view = _global_view(outputs, adapter_rank, cfg.model.lora_rank)
-    clients = {int(p.stem.split("_", 1)[1]): load_view(p) for p in sorted((root / VIEWS_DIR).glob("client_*.safetensors"))}
+    clients = {
+        int(p.stem.split("_", 1)[1]): load_view(p) for p in sorted((root / VIEWS_DIR).glob("client_*.safetensors"))
+    }
     runtime = get_runtime(cfg)
     trained = old.timing or Timing()
     dp = dict(old.privacy.dp or {})
-    result = RunResult(dataclasses.replace(trained, eval_s=0.0), old.communication or Communication(),
-                       dp=dp if dp.get("mechanism", "none") != "none" else {}, adapter_rank=int(old.adapter_rank or 0))
+    result = RunResult(
+        dataclasses.replace(trained, eval_s=0.0),
+        old.communication or Communication(),
+        dp=dp if dp.get("mechanism", "none") != "none" else {},
+        adapter_rank=int(old.adapter_rank or 0),
+    )
     t0 = time.perf_counter()
     summary = evaluate_outputs(outputs, cfg, runtime, splits, view, clients, result, t0, started=None)
     # timing stays the training run's; the re-evaluation's own time is added next to it

@@ -16,8 +16,9 @@ imported the first time the registry is read. This module imports nothing of fed
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
 
@@ -61,8 +62,8 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} key {key!r} must be a non-empty name without surrounding spaces")
         if key in self._entries and self._entries[key].value is not value:
             raise ValueError(f"{self.kind} {key!r} is already registered ({self._entries[key].value!r})")
-        if hasattr(value, "key") and getattr(value, "key") != key:
-            raise ValueError(f"{self.kind} {value!r} declares key {getattr(value, 'key')!r} but is registered as {key!r}")
+        if hasattr(value, "key") and value.key != key:
+            raise ValueError(f"{self.kind} {value!r} declares key {value.key!r} but is registered as {key!r}")
         self._entries[key] = Entry(key, value, description, reference)
 
     def remove(self, key: str) -> None:
@@ -80,7 +81,9 @@ class Registry(Generic[T]):
     def entry(self, key: str) -> Entry[T]:
         self._load()
         if key not in self._entries:
-            raise ConfigError(f"{self.config_key} = {key!r} is not a known {self.kind}; choose one of {list(self._entries)}")
+            raise ConfigError(
+                f"{self.config_key} = {key!r} is not a known {self.kind}; choose one of {list(self._entries)}"
+            )
         return self._entries[key]
 
     def get(self, key: str) -> T:

@@ -10,8 +10,9 @@ boundary as numpy arrays (what the rules and Flower's records hold); inside it t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,14 @@ from .config import ExperimentConfig
 from .data import ImageDataset, Splits, load_dataset, make_splits
 from .errors import ConfigError
 from .models.base import base_info, load_pipeline
-from .models.diffusion import encode_captions, encode_images, loss_maps, mean_denoising_loss, training_scheduler
+from .models.diffusion import (
+    SampleSet,
+    encode_captions,
+    encode_images,
+    loss_maps,
+    mean_denoising_loss,
+    training_scheduler,
+)
 from .models.lora import LORA_B, BaseDeltas, ModelView, attach_lora, load_lora_state, lora_state
 
 Arrays = dict[str, np.ndarray]
@@ -53,8 +61,9 @@ def check_base_matches_data(cfg: ExperimentConfig) -> None:
 class ModelRuntime:
     """Base pipeline + LoRA adapter + encoded samples, built once per process and config."""
 
-    def __init__(self, cfg: ExperimentConfig, rank: int | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, cfg: ExperimentConfig, rank: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+    ):
         model = cfg.model if rank is None else dataclasses.replace(cfg.model, lora_rank=rank)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -102,10 +111,10 @@ class ModelRuntime:
             zero_b = {k: np.zeros_like(v) if LORA_B in k else v for k, v in self.initial.items()}
             load_lora_state(self.unet, self.tensors(zero_b))
 
-    def loss_maps(self, samples: EncodedSamples, gen: torch.Generator) -> torch.Tensor:
+    def loss_maps(self, samples: SampleSet, gen: torch.Generator) -> torch.Tensor:
         return loss_maps(self.unet, self.scheduler, samples.latents, samples.cond, gen)
 
-    def mean_loss(self, samples: EncodedSamples, draws: int, seed: int) -> torch.Tensor:
+    def mean_loss(self, samples: SampleSet, draws: int, seed: int) -> torch.Tensor:
         self.unet.eval()
         return mean_denoising_loss(self.unet, self.scheduler, samples.latents, samples.cond, draws, seed)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,11 @@ def clip_by_global_norm(max_norm: float) -> GradientHook:
 
 
 def train_lora(
-    runtime: ModelRuntime, samples: EncodedSamples, train: TrainConfig, objective: Objective, seed: int,
+    runtime: ModelRuntime,
+    samples: EncodedSamples,
+    train: TrainConfig,
+    objective: Objective,
+    seed: int,
     gradient_hook: GradientHook | None = None,
 ) -> TrainStats:
     """``train.local_steps`` AdamW steps on the trainable LoRA factors; batches cycle through shuffled members.
@@ -66,7 +71,9 @@ def train_lora(
         cursor += len(idx)
         z, c = samples.latents[idx], samples.cond[idx]
         noise = torch.randn(z.shape, generator=gen).to(runtime.device)
-        t = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(runtime.device)
+        t = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(
+            runtime.device
+        )
         err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
         loss, metrics = objective.loss(err)
         opt.zero_grad(set_to_none=True)

@@ -17,15 +17,16 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from fedlora.config import load_config
 from fedlora.data import load_dataset
-from fedlora.local_training import membership_batches
+from fedlora.local_training import client_sets, membership_batches
 from fedlora.models.diffusion import squared_error_map
 from fedlora.privacy.attacker import member_cross_entropy
-from fedlora.privacy.objectives import build_objective, smp_lora_loss
+from fedlora.privacy.objectives import ProxyAttackerObjective, build_objective, smp_lora_loss
 from fedlora.runtime import get_runtime, get_splits
 
 
@@ -45,9 +46,8 @@ def main() -> int:
     split = get_splits(cfg).clients[0]
     members = runtime.encode(dataset, split.members)
     gen = torch.Generator().manual_seed(0)
-    sets = [runtime.encode(dataset, ids) for ids in
-            (split.member_aux, split.nonmember_aux, split.member_test, split.nonmember_test)]
-    objective = build_objective(cfg, members.latents[0].numel(), membership_batches(runtime, *sets, gen), seed=0)
+    batches = membership_batches(runtime, client_sets(runtime, cfg, 0), gen)
+    objective = cast(ProxyAttackerObjective, build_objective(cfg, members.latents[0].numel(), batches, seed=0))
     unet, sched = runtime.unet, runtime.scheduler
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6)

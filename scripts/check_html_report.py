@@ -31,7 +31,7 @@ class HtmlCheckError(RuntimeError):
 
 def find_chromium(explicit: str | None = None) -> str | None:
     """``explicit``, else $CHROMIUM, else the first Chromium-like binary on PATH."""
-    for name in ([explicit] if explicit else [os.environ.get("CHROMIUM", ""), *CANDIDATES]):
+    for name in [explicit] if explicit else [os.environ.get("CHROMIUM", ""), *CANDIDATES]:
         if not name:
             continue
         found = shutil.which(name)
@@ -50,10 +50,18 @@ def check_html(path: str | Path, chromium: str, budget_ms: int = 10_000, timeout
         page.parent.mkdir()
         shutil.copyfile(src, page)  # alone: relative references cannot resolve
         cmd = [
-            chromium, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
-            "--no-first-run", "--disable-extensions", f"--user-data-dir={Path(tmp) / 'profile'}",
+            chromium,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={Path(tmp) / 'profile'}",
             "--host-resolver-rules=MAP * ~NOTFOUND",  # a network reference fails instead of loading
-            f"--virtual-time-budget={budget_ms}", "--dump-dom", page.as_uri(),
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            page.as_uri(),
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -93,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     chromium = find_chromium(args.chromium)
     if chromium is None:
         wanted = args.chromium or f"any of {', '.join(CANDIDATES)} (or $CHROMIUM)"
-        print(f"error: no Chromium binary found: {wanted}; install one (Debian: apt-get install chromium) "
-              "or pass --chromium PATH", file=sys.stderr)
+        print(
+            f"error: no Chromium binary found: {wanted}; install one (Debian: apt-get install chromium) "
+            "or pass --chromium PATH",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     try:

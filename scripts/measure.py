@@ -37,8 +37,12 @@ def main() -> int:
         except psutil.Error:
             pass
         time.sleep(0.5)
-    result = {"command": " ".join(cmd), "exit_code": proc.returncode, "wall_s": round(time.perf_counter() - started, 1),
-              "peak_rss_gib": round(peak / 2**30, 2)}
+    result = {
+        "command": " ".join(cmd),
+        "exit_code": proc.returncode,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "peak_rss_gib": round(peak / 2**30, 2),
+    }
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
     print(json.dumps(result))

@@ -96,23 +96,41 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
                 continue
             q = [r["quality"] for r in runs_]
             legacy = not any(reattacked(r) for r in runs_)
-            row = f"| {method}{' †' if legacy else ''} | {len(runs_)} | {_fmt([x['kid'] for x in q if 'kid' in x], digits=4)} | " \
-                  f"{_fmt([x['fid'] for x in q if 'fid' in x], digits=2)} |"
+            row = (
+                f"| {method}{' †' if legacy else ''} | {len(runs_)} | "
+                f"{_fmt([x['kid'] for x in q if 'kid' in x], digits=4)} | "
+                f"{_fmt([x['fid'] for x in q if 'fid' in x], digits=2)} |"
+            )
             for a in ATTACKS:
                 m = [r["privacy"]["global"][a] for r in runs_ if a in r["privacy"]["global"]]
-                row += f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} | " \
-                       f"{_fmt(_measured(m, 'tpr_at_5pct_fpr'), 100, 1)} | {_fmt(_measured(m, 'tpr_at_1pct_fpr'), 100, 1)} |"
+                row += (
+                    f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} | "
+                    f"{_fmt(_measured(m, 'tpr_at_5pct_fpr'), 100, 1)} | "
+                    f"{_fmt(_measured(m, 'tpr_at_1pct_fpr'), 100, 1)} |"
+                )
             lines.append(row)
         client_rows = client_table(summaries)
         if client_rows:
-            lines += ["", "Each client's last update as the server sees it (its own D_te; mean ± std over clients"
-                      " and seeds):", "", *client_rows]
+            lines += [
+                "",
+                "Each client's last update as the server sees it (its own D_te; mean ± std over clients and seeds):",
+                "",
+                *client_rows,
+            ]
         if any(not any(reattacked(r) for r in v) for v in summaries.values() if v):
-            lines += ["", "† audited at training time only (single-draw learned MLP, epoch chosen by held-out "
-                      "accuracy); the other rows were re-attacked with `fedlora evaluate` (4 draws, held-out AUC)."]
+            lines += [
+                "",
+                "† audited at training time only (single-draw learned MLP, epoch chosen by held-out "
+                "accuracy); the other rows were re-attacked with `fedlora evaluate` (4 draws, held-out AUC).",
+            ]
         kid_n = [r["quality"].get("kid_fid_n_generated") for v in summaries.values() for r in v]
-        lines += ["", f"KID/FID from {int(kid_n[0])} generated vs. as many member images (2048-d Inception features)."
-                  if kid_n and kid_n[0] else "", ""]
+        lines += [
+            "",
+            f"KID/FID from {int(kid_n[0])} generated vs. as many member images (2048-d Inception features)."
+            if kid_n and kid_n[0]
+            else "",
+            "",
+        ]
     return lines
 
 
@@ -167,7 +185,8 @@ def step_time() -> list[str]:
         "|---|---|---|",
         f"| LoRA | {med['lora']:.4f} | 1.00 |",
         f"| SMP-LoRA, one forward (fedlora) | {med['smp-lora']:.4f} | {m['ratio_smp_over_lora']:.2f} |",
-        f"| SMP-LoRA, two forwards (released code's shape) | {med['smp-2pass']:.4f} | {m['ratio_smp_2pass_over_lora']:.2f} |",
+        f"| SMP-LoRA, two forwards (released code's shape) | {med['smp-2pass']:.4f} | "
+        f"{m['ratio_smp_2pass_over_lora']:.2f} |",
         "",
     ]
 
@@ -192,9 +211,10 @@ def attack_table(runs: Path, settings: list[str], methods: list[str], seeds: lis
     lines = [
         "## Attack × method: the global model against every attack",
         "",
-        "Re-attacked without training by `fedlora evaluate RUN_DIR --set \"evaluation.attacks=[...all seven...]\" "
+        'Re-attacked without training by `fedlora evaluate RUN_DIR --set "evaluation.attacks=[...all seven...]" '
         "--set evaluation.attack_feature_draws=4` (the learned MLPs average 4 (t, ε) draws per loss map). Cells: "
-        "ASR % (|AUC − 0.5| / 0.5) [TPR@5%FPR %; at 1 % FPR these 50–96 non-members resolve nothing], mean over the seeds "
+        "ASR % (|AUC − 0.5| / 0.5) [TPR@5%FPR %; at 1 % FPR these 50–96 non-members resolve nothing], mean over "
+        "the seeds "
         f"in the header. D_te: {n['n_members']} + {n['n_nonmembers']} in the centralized runs. Every timestep, sign "
         "and threshold is chosen on D_aux; `learned-mlp-paper` alone picks its epoch on test.",
         "",
@@ -209,9 +229,12 @@ def attack_table(runs: Path, settings: list[str], methods: list[str], seeds: lis
                 cells.append("—")
                 continue
             tpr = _measured(m, "tpr_at_5pct_fpr")
-            cells.append(f"{100 * np.mean([x['asr'] for x in m]):.1f} ({np.mean([x['auc_dev'] for x in m]):.2f}) "
-                         f"[{100 * np.mean(tpr):.0f}]" if tpr else
-                         f"{100 * np.mean([x['asr'] for x in m]):.1f} ({np.mean([x['auc_dev'] for x in m]):.2f}) [n/m]")
+            cells.append(
+                f"{100 * np.mean([x['asr'] for x in m]):.1f} ({np.mean([x['auc_dev'] for x in m]):.2f}) "
+                f"[{100 * np.mean(tpr):.0f}]"
+                if tpr
+                else f"{100 * np.mean([x['asr'] for x in m]):.1f} ({np.mean([x['auc_dev'] for x in m]):.2f}) [n/m]"
+            )
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     return lines + [""]
 

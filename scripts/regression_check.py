@@ -28,25 +28,51 @@ ALL_ATTACKS = "['learned-mlp-paper','learned-mlp','loss-threshold','pia','secmi'
 # name -> (config, overrides). Together they touch every rule, objective, DP mode and attack.
 CASES: dict[str, tuple[str, list[str]]] = {
     "smoke": (SMOKE, []),
-    "smoke-all-attacks": (SMOKE, [f"evaluation.attacks={ALL_ATTACKS}", "evaluation.pia_timesteps=[50, 100]",
-                                  "evaluation.score_norm_timesteps=[10, 50]",
-                                  "evaluation.gradient_norm_timesteps=[100, 500]"]),
+    "smoke-all-attacks": (
+        SMOKE,
+        [
+            f"evaluation.attacks={ALL_ATTACKS}",
+            "evaluation.pia_timesteps=[50, 100]",
+            "evaluation.score_norm_timesteps=[10, 50]",
+            "evaluation.gradient_norm_timesteps=[100, 500]",
+        ],
+    ),
     "smoke-kid-fid": (SMOKE, ["evaluation.kid_fid=true", "evaluation.kid_fid_samples=8"]),
     "smoke-ffa": (SMOKE, ["federation.aggregation='ffa'", "federation.rounds=2"]),
-    "smoke-flora-ranks": (SMOKE, ["federation.aggregation='flora'", "federation.client_ranks=[2, 4]",
-                                  "federation.rounds=2"]),
-    "smoke-svd-ranks": (SMOKE, ["federation.aggregation='svd'", "federation.client_ranks=[2, 4]",
-                                "federation.rounds=2"]),
+    "smoke-flora-ranks": (
+        SMOKE,
+        ["federation.aggregation='flora'", "federation.client_ranks=[2, 4]", "federation.rounds=2"],
+    ),
+    "smoke-svd-ranks": (
+        SMOKE,
+        ["federation.aggregation='svd'", "federation.client_ranks=[2, 4]", "federation.rounds=2"],
+    ),
     "smoke-fedsa": (SMOKE, ["federation.aggregation='fedsa'", "federation.rounds=2"]),
     "smoke-mp-lora": (SMOKE, ["train.method='mp-lora'", "privacy.mi_lambda=1.0", "federation.rounds=2"]),
-    "smoke-smp-lora": (SMOKE, ["train.method='smp-lora'", "privacy.mi_lambda=1.0", "privacy.attacker_steps=2",
-                               "federation.rounds=2"]),
+    "smoke-smp-lora": (
+        SMOKE,
+        ["train.method='smp-lora'", "privacy.mi_lambda=1.0", "privacy.attacker_steps=2", "federation.rounds=2"],
+    ),
     "smoke-dp-fedavg": (SMOKE, ["privacy.dp='dp-fedavg'", "privacy.dp_max_grad_norm=0.1", "federation.rounds=2"]),
-    "smoke-dp-fedavg-client": (SMOKE, ["privacy.dp='dp-fedavg'", "privacy.dp_clipping='client'",
-                                       "privacy.dp_max_grad_norm=0.1", "federation.rounds=2"]),
+    "smoke-dp-fedavg-client": (
+        SMOKE,
+        [
+            "privacy.dp='dp-fedavg'",
+            "privacy.dp_clipping='client'",
+            "privacy.dp_max_grad_norm=0.1",
+            "federation.rounds=2",
+        ],
+    ),
     "smoke-dp-lora": (SMOKE, ["privacy.dp='dp-lora'", "federation.rounds=2"]),
-    "smoke-implicit-dp": (SMOKE, ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'",
-                                  "model.lora_a_init='gaussian'", "federation.rounds=2"]),
+    "smoke-implicit-dp": (
+        SMOKE,
+        [
+            "privacy.dp='implicit-dp'",
+            "federation.aggregation='ffa'",
+            "model.lora_a_init='gaussian'",
+            "federation.rounds=2",
+        ],
+    ),
     "default": (DEFAULT, []),
 }
 QUICK = [c for c in CASES if c != "default"]
@@ -111,8 +137,10 @@ def main() -> int:
         got = numbers(run_case(name))
         record = RECORDS / f"{name}.json"
         if args.mode == "record":
-            record.write_text(json.dumps({"case": name, "config": CASES[name][0], "overrides": CASES[name][1],
-                                          **got}, indent=1) + "\n")
+            record.write_text(
+                json.dumps({"case": name, "config": CASES[name][0], "overrides": CASES[name][1], **got}, indent=1)
+                + "\n"
+            )
             print(f"[regression] {name}: recorded {record.relative_to(ROOT)}")
             continue
         if not record.is_file():

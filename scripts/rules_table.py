@@ -33,16 +33,25 @@ VARIANTS = {
     "flora-ranks-2-4-8": ["federation.aggregation='flora'", "federation.client_ranks=[2, 4, 8]"],
     "dp-fedavg": ["privacy.dp='dp-fedavg'", "privacy.dp_noise_multiplier=1.0", "privacy.dp_max_grad_norm=0.1"],
     "dp-lora": ["privacy.dp='dp-lora'", "privacy.dp_noise_multiplier=1.0", "privacy.dp_max_grad_norm=1.0"],
-    "implicit-dp": ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'",
-                    "privacy.dp_max_grad_norm=1.0"],
+    "implicit-dp": [
+        "privacy.dp='implicit-dp'",
+        "federation.aggregation='ffa'",
+        "model.lora_a_init='gaussian'",
+        "privacy.dp_max_grad_norm=1.0",
+    ],
 }
 # the loss attack only: the learned MLP's honest selection changed while this table was being run
 ATTACKS = ("loss-threshold",)
 SECTION = "rules-table"
 
 
-def cells(partitions: list[str], rules: list[str], methods: list[str], variants: list[str],
-          non_iid_methods: list[str] | None = None) -> list[tuple[str, list[str]]]:
+def cells(
+    partitions: list[str],
+    rules: list[str],
+    methods: list[str],
+    variants: list[str],
+    non_iid_methods: list[str] | None = None,
+) -> list[tuple[str, list[str]]]:
     def cell(part: str, rule: str, method: str) -> tuple[str, list[str]]:
         extra = PARTITIONS[part] + [f"federation.aggregation='{rule}'", f"train.method='{method}'"]
         return f"{part}-{rule}-{method}", extra + (SMP if method == "smp-lora" else [])
@@ -71,21 +80,31 @@ def loss_change(run: Path) -> str:
     """Members' and non-members' mean loss change from the base (round 0) to the final round, ×1e4."""
     rows = read_metrics(run)
     first, last = rows[0], rows[-1]
-    return (f"{1e4 * (last['member_loss'] - first['member_loss']):+.1f} / "
-            f"{1e4 * (last['nonmember_loss'] - first['nonmember_loss']):+.1f}")
+    return (
+        f"{1e4 * (last['member_loss'] - first['member_loss']):+.1f} / "
+        f"{1e4 * (last['nonmember_loss'] - first['nonmember_loss']):+.1f}"
+    )
 
 
 def row(name: str, s: dict, run: Path) -> str:
     g, q, c, dp = s["privacy"]["global"], s["quality"], s["communication"], s["privacy"].get("dp", {})
     clients = s["privacy"].get("clients", {})
-    cells_ = [name, loss_change(run), f"{q.get('kid', float('nan')):.4f}", f"{q.get('fid', float('nan')):.1f}",
-              f"{q.get('caption_accuracy', float('nan')):.3f}"]
+    cells_ = [
+        name,
+        loss_change(run),
+        f"{q.get('kid', float('nan')):.4f}",
+        f"{q.get('fid', float('nan')):.1f}",
+        f"{q.get('caption_accuracy', float('nan')):.3f}",
+    ]
     for a in ATTACKS:
         cells_ += [_pct(g[a]["asr"]) if a in g else "n/a", f"{g[a]['auc_dev']:.2f}" if a in g else "n/a"]
     lt = [v["loss-threshold"]["asr"] for v in clients.values() if "loss-threshold" in v]
     cells_.append(f"{_pct(np.mean(lt))} ± {_pct(np.std(lt, ddof=1))}" if len(lt) > 1 else "n/a")
-    cells_ += [_kib(c["bytes_up_per_client_round"]), _kib(c["bytes_down_per_client_round"]),
-               _kib(c.get("bytes_down_per_client_round_max", 0.0))]
+    cells_ += [
+        _kib(c["bytes_up_per_client_round"]),
+        _kib(c["bytes_down_per_client_round"]),
+        _kib(c.get("bytes_down_per_client_round_max", 0.0)),
+    ]
     if dp.get("formal"):
         eps = f"ε = {dp['epsilon']:.1f} (δ = {dp['delta']:g}, {dp['mechanism']})"
     elif dp.get("mechanism") == "implicit-dp":
@@ -97,7 +116,9 @@ def row(name: str, s: dict, run: Path) -> str:
 
 
 def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str) -> list[str]:
-    summaries = {name: read_summary(p.parent) for name, _ in plan if (p := runs / f"{name}-s{seed}" / "summary.json").exists()}
+    summaries = {
+        name: read_summary(p.parent) for name, _ in plan if (p := runs / f"{name}-s{seed}" / "summary.json").exists()
+    }
     if not summaries:
         return []
     any_s = next(iter(summaries.values()))
@@ -129,7 +150,8 @@ def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str
         "sent separately for this audit only and not counted in `up`).",
         "",
         "| run | Δ loss ×1e4 members / non-members | KID ↓ | FID ↓ | caption acc ↑ | loss-threshold ASR % | "
-        "loss-threshold \\|AUC−0.5\\|/0.5 | client updates loss-threshold ASR % | up KiB | down KiB | down max KiB | DP |",
+        "loss-threshold \\|AUC−0.5\\|/0.5 | client updates loss-threshold ASR % | up KiB | down KiB | down max KiB "
+        "| DP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [row(name, s, runs / f"{name}-s{seed}") for name, s in summaries.items()]
@@ -142,8 +164,13 @@ def main() -> int:
     ap.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--non-iid-methods", nargs="+", default=None, choices=list(METHODS),
-                    help="methods for the non-IID partitions (default: --methods)")
+    ap.add_argument(
+        "--non-iid-methods",
+        nargs="+",
+        default=None,
+        choices=list(METHODS),
+        help="methods for the non-IID partitions (default: --methods)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/rules")
     ap.add_argument("--out", default="docs/results.md")
@@ -159,7 +186,8 @@ def main() -> int:
         "RAY_ADDRESS=local .venv/bin/python scripts/rules_table.py"
         f" --partitions {' '.join(args.partitions)} --rules {' '.join(args.rules)} --methods {' '.join(args.methods)}"
         + (f" --variants {' '.join(args.variants)}" if args.variants else " --variants")
-        + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "") + f" --seed {args.seed}"
+        + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "")
+        + f" --seed {args.seed}"
     )
     lines = table(runs, plan, args.seed, command)
     write_section(SECTION, lines, ROOT / args.out)

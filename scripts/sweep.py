@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs/results.md"
@@ -41,8 +42,9 @@ def fedlora_run(config: str, overrides: list[str], out: Path, *, fresh: bool = F
     sets = [*overrides, f"run.name='{out.name}'", f"run.output_dir='{repo_relative(out.parent)}'"]
     cmd = [str(ROOT / ".venv/bin/fedlora"), "run", config, *sum((["--set", s] for s in sets), [])]
     print("[sweep] " + " ".join(cmd), flush=True)
-    env = dict(os.environ, RAY_ADDRESS=os.environ.get("RAY_ADDRESS", "local"), FLWR_TELEMETRY_ENABLED="0",
-               HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ, RAY_ADDRESS=os.environ.get("RAY_ADDRESS", "local"), FLWR_TELEMETRY_ENABLED="0", HF_HUB_OFFLINE="1"
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=quiet, text=True)
     if proc.returncode != 0:

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from fedlora.config import ConfigError, ExperimentConfig, load_config
 from fedlora.evaluation.tracking import LossTracker
+from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
 from fedlora.outputs import SPLITS_FILE, RunOutputs
 from fedlora.privacy.dp import build_dp_mode
-from fedlora.protocol import CONFIG, PARTITION_ID
-from fedlora.finalize import RunResult, finalize_run
+from fedlora.protocol import CONFIG, METRICS, PARTITION_ID, integer
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
@@ -52,13 +52,17 @@ def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEO
             raise RuntimeError(f"only {len(node_ids)} of {expected} clients connected within {timeout:.0f} s")
         time.sleep(0.5)
         node_ids = list(grid.get_node_ids())
-    queries = [Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=nid, message_type="query") for nid in node_ids]
+    queries = [
+        Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=nid, message_type="query") for nid in node_ids
+    ]
     replies = list(grid.send_and_receive(queries, timeout=timeout))
     failed = [r for r in replies if r.has_error()]
     if failed or len(replies) != len(node_ids):
         reasons = [str(r.error.reason) for r in failed][:3]
-        raise RuntimeError(f"client discovery: {len(replies) - len(failed)} of {len(node_ids)} answered; errors {reasons}")
-    partition_of = {r.metadata.src_node_id: int(r.content["metrics"][PARTITION_ID]) for r in replies}
+        raise RuntimeError(
+            f"client discovery: {len(replies) - len(failed)} of {len(node_ids)} answered; errors {reasons}"
+        )
+    partition_of = {r.metadata.src_node_id: integer(r.content.metric_records[METRICS], PARTITION_ID) for r in replies}
     pids = sorted(partition_of.values())
     if pids != list(range(expected)):
         raise RuntimeError(f"clients report partition ids {pids}; expected each of 0..{expected - 1} exactly once")
@@ -79,8 +83,14 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
     dp = build_dp_mode(cfg)
     log = RoundLog()
     strategy_cls = AccountedFedAvgStrategy if dp.uses_flower_aggregation else LoraStrategy
-    strategy = strategy_cls(rule=rule, log=log, partition_of=partition_of, fraction=cfg.federation.fraction_train,
-                            seed=cfg.run.seed, config_text=cfg.to_toml())
+    strategy = strategy_cls(
+        rule=rule,
+        log=log,
+        partition_of=partition_of,
+        fraction=cfg.federation.fraction_train,
+        seed=cfg.run.seed,
+        config_text=cfg.to_toml(),
+    )
     runner = dp.wrap(strategy)
     timings = Timing()
     progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")

@@ -10,7 +10,7 @@ into the ``RoundLog``.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID, integer, number
 from fedlora.rounds import RoundLog
 from fedlora.rules import Rule
 
@@ -36,12 +36,13 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def partition_of_reply(message: Message) -> int:
-    return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
+    return -1 if message.has_error() else integer(message.content.metric_records[METRICS], PARTITION_ID)
 
 
 class LoraStrategy(FedAvg):
-    def __init__(self, *, rule: Rule, log: RoundLog, partition_of: dict[int, int], fraction: float, seed: int,
-                 config_text: str):
+    def __init__(
+        self, *, rule: Rule, log: RoundLog, partition_of: dict[int, int], fraction: float, seed: int, config_text: str
+    ):
         n = len(partition_of)
         super().__init__(
             fraction_train=fraction,
@@ -73,7 +74,9 @@ class LoraStrategy(FedAvg):
         if self.rule.global_is_carried and len(arrays):
             self.rule.sync(to_numpy(arrays))
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._round_started = time.perf_counter()
         self._current_round = server_round
         self.sync_global(arrays)
@@ -97,18 +100,22 @@ class LoraStrategy(FedAvg):
         uploads, weights, eval_only = {}, {}, {}
         up_bytes, eval_bytes = [], []
         for content in contents:
-            pid = int(content[METRICS][PARTITION_ID])
-            record = content[self.arrayrecord_key]
+            metrics = content.metric_records[METRICS]
+            pid = integer(metrics, PARTITION_ID)
+            record = content.array_records[self.arrayrecord_key]
             protocol = ArrayRecord({k: a for k, a in record.items() if not k.startswith(EVAL_ONLY_PREFIX)})
-            audit = ArrayRecord({k[len(EVAL_ONLY_PREFIX):]: a for k, a in record.items() if k.startswith(EVAL_ONLY_PREFIX)})
+            audit = ArrayRecord(
+                {k[len(EVAL_ONLY_PREFIX) :]: a for k, a in record.items() if k.startswith(EVAL_ONLY_PREFIX)}
+            )
             uploads[pid] = to_numpy(protocol)
-            weights[pid] = float(content[METRICS][NUM_EXAMPLES])
+            weights[pid] = number(metrics, NUM_EXAMPLES)
             up_bytes.append(record_bytes(protocol))
             if len(audit):
                 eval_only[pid] = to_numpy(audit)
                 eval_bytes.append(record_bytes(audit))
+        replies = [c.metric_records[METRICS] for c in contents]
         entry.clients = {
-            str(int(c[METRICS][PARTITION_ID])): {k: v for k, v in c[METRICS].items() if k != PARTITION_ID} for c in contents
+            str(integer(m, PARTITION_ID)): {k: v for k, v in m.items() if k != PARTITION_ID} for m in replies
         }
         entry.bytes_up_per_client = float(np.mean(up_bytes))
         if eval_bytes:
@@ -116,7 +123,9 @@ class LoraStrategy(FedAvg):
         entry.round_s = time.perf_counter() - self._round_started
         return uploads, weights, eval_only
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = self._check_and_log_replies(list(replies), is_train=True)
         self.log[server_round].failures = [str(m.error.reason) for m in errors]
         if not valid:
@@ -143,7 +152,7 @@ class AccountedFedAvgStrategy(LoraStrategy):
         self.train_metrics_aggr_fn = self._record_and_aggregate_metrics
 
     def _record_and_aggregate_metrics(self, contents: list[RecordDict], weighting_key: str) -> MetricRecord:
-        contents = sorted(contents, key=lambda c: int(c[METRICS][PARTITION_ID]))
+        contents = sorted(contents, key=lambda c: integer(c.metric_records[METRICS], PARTITION_ID))
         uploads, _, _ = self.record_replies(self._current_round, contents)
         self.rule.observe(uploads)
         return aggregate_metricrecords(contents, weighting_key)

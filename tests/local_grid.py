@@ -6,7 +6,7 @@ the test process, where extensions registered by a test file are visible to both
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
@@ -21,8 +21,13 @@ class LocalGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int):
         self.app = client_app
         self.contexts = {
-            1000 + k: Context(run_id=1, node_id=1000 + k, node_config={PARTITION_ID: k, "num-partitions": num_nodes},
-                              state=RecordDict(), run_config={})
+            1000 + k: Context(
+                run_id=1,
+                node_id=1000 + k,
+                node_config={PARTITION_ID: k, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
             for k in range(num_nodes)
         }
         self._run = None
@@ -37,8 +42,9 @@ class LocalGrid(Grid):
     def run(self):  # type: ignore[no-untyped-def]
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:

@@ -19,7 +19,10 @@ from fedlora.aggregation import (
 def random_clients(k=4, out=6, inn=5, r=3, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        {"l.lora_A.weight": rng.normal(size=(r, inn)).astype(np.float32), "l.lora_B.weight": rng.normal(size=(out, r)).astype(np.float32)}
+        {
+            "l.lora_A.weight": rng.normal(size=(r, inn)).astype(np.float32),
+            "l.lora_B.weight": rng.normal(size=(out, r)).astype(np.float32),
+        }
         for _ in range(k)
     ]
 
@@ -42,7 +45,7 @@ def test_fedavg_error_on_the_product_matches_the_closed_form():
     avg = fedavg(states, p)
     exact = sum(pk * b @ a for pk, b, a in zip(p, B, A))
     error = exact - avg["l.lora_B.weight"].astype(np.float64) @ avg["l.lora_A.weight"].astype(np.float64)
-    formula = 0.5 * sum(p[k] * p[l] * (B[k] - B[l]) @ (A[k] - A[l]) for k in range(3) for l in range(3))
+    formula = 0.5 * sum(p[k] * p[j] * (B[k] - B[j]) @ (A[k] - A[j]) for k in range(3) for j in range(3))
     np.testing.assert_allclose(error, formula, atol=1e-5)
     assert np.abs(error).max() > 1e-2  # the naive rule really is inexact
 
@@ -84,7 +87,9 @@ def exact_mean(states, p, s=None):
     out = {}
     for prefix in (LIN, CONV):
         out[prefix] = sum(
-            pk * sk * s_[f"{prefix}.lora_B.weight"].reshape(s_[f"{prefix}.lora_B.weight"].shape[0], -1)
+            pk
+            * sk
+            * s_[f"{prefix}.lora_B.weight"].reshape(s_[f"{prefix}.lora_B.weight"].shape[0], -1)
             @ s_[f"{prefix}.lora_A.weight"].reshape(s_[f"{prefix}.lora_A.weight"].shape[0], -1)
             for pk, sk, s_ in zip(p, s, states)
         )
@@ -110,7 +115,9 @@ def test_pair_helpers_group_flatten_and_error_clearly():
     np.testing.assert_allclose(delta_weights(state, scaling=2.0)[CONV], 2.0 * kernel.reshape(6, -1), atol=1e-12)
 
     broken = {k: v for k, v in state.items() if k != f"{LIN}.lora_B.weight"}
-    with pytest.raises(ValueError, match=rf"incomplete LoRA pair: {LIN}\.lora_A\.weight has no matching {LIN}\.lora_B\.weight"):
+    with pytest.raises(
+        ValueError, match=rf"incomplete LoRA pair: {LIN}\.lora_A\.weight has no matching {LIN}\.lora_B\.weight"
+    ):
         lora_pairs(broken)
     with pytest.raises(ValueError, match="not a LoRA factor"):
         lora_pairs({**state, "conv_out.bias": np.zeros(3)})
@@ -196,7 +203,9 @@ def test_fedsa_averages_a_only():
     assert sorted(got) == sorted([f"{LIN}.lora_A.weight", f"{CONV}.lora_A.weight"])
     for k in got:
         assert got[k].dtype == np.float32
-        np.testing.assert_allclose(got[k], sum(pk * s[k].astype(np.float64) for pk, s in zip(p, states)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            got[k], sum(pk * s[k].astype(np.float64) for pk, s in zip(p, states)), rtol=1e-6, atol=1e-6
+        )
     # clients that send only A give the same result
     only_a = [{k: v for k, v in s.items() if ".lora_A." in k} for s in states]
     assert all(np.array_equal(got[k], v) for k, v in fedsa(only_a, [1, 1, 2]).items())

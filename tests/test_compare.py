@@ -16,8 +16,15 @@ def summary(method="lora", quality=None, global_attacks=None, clients=None, dp=N
     privacy = {"global": global_attacks or {}, "clients": clients or {}}
     if dp is not None:
         privacy["dp"] = dp
-    return {"method": method, "aggregation": "fedavg", "num_clients": 2, "rounds": 3, "seed": 0,
-            "privacy": privacy, "quality": quality or {}}
+    return {
+        "method": method,
+        "aggregation": "fedavg",
+        "num_clients": 2,
+        "rounds": 3,
+        "seed": 0,
+        "privacy": privacy,
+        "quality": quality or {},
+    }
 
 
 def write_run(path, s):
@@ -33,18 +40,30 @@ def cells(line):
 
 @pytest.fixture
 def runs(tmp_path):
-    a = write_run(tmp_path / "runs" / "plain", summary(
-        quality={"kid": 0.05, "kid_std": 0.005, "fid": 139.0, "caption_accuracy": 0.9},
-        global_attacks={"loss-threshold": attack(0.75, 0.7)},
-        clients={"0": {"loss-threshold": attack(0.6, 0.6)}, "1": {"loss-threshold": attack(0.7, 0.8)}},
-        dp={"mechanism": "none"}))
-    b = write_run(tmp_path / "runs" / "dp", summary(
-        method="dp-lora", quality={"kid": 0.08, "kid_std": 0.006},
-        global_attacks={"loss-threshold": attack(0.55, 0.52), "pia": {"auc": 0.3, "asr": 0.6}},
-        dp={"mechanism": "dp-lora", "epsilon": 3.25, "delta": 1e-5, "formal": True}))
-    c = write_run(tmp_path / "runs" / "implicit", summary(  # older run: no KID, no attack
-        method="implicit-dp", quality={"caption_accuracy": 0.8},
-        dp={"mechanism": "implicit-dp", "formal": False}))
+    a = write_run(
+        tmp_path / "runs" / "plain",
+        summary(
+            quality={"kid": 0.05, "kid_std": 0.005, "fid": 139.0, "caption_accuracy": 0.9},
+            global_attacks={"loss-threshold": attack(0.75, 0.7)},
+            clients={"0": {"loss-threshold": attack(0.6, 0.6)}, "1": {"loss-threshold": attack(0.7, 0.8)}},
+            dp={"mechanism": "none"},
+        ),
+    )
+    b = write_run(
+        tmp_path / "runs" / "dp",
+        summary(
+            method="dp-lora",
+            quality={"kid": 0.08, "kid_std": 0.006},
+            global_attacks={"loss-threshold": attack(0.55, 0.52), "pia": {"auc": 0.3, "asr": 0.6}},
+            dp={"mechanism": "dp-lora", "epsilon": 3.25, "delta": 1e-5, "formal": True},
+        ),
+    )
+    c = write_run(
+        tmp_path / "runs" / "implicit",
+        summary(  # older run: no KID, no attack
+            method="implicit-dp", quality={"caption_accuracy": 0.8}, dp={"mechanism": "implicit-dp", "formal": False}
+        ),
+    )
     return [a, b, c]
 
 
@@ -71,9 +90,13 @@ def test_table_has_every_run_and_attack(runs, tmp_path):
 
 
 def test_quality_falls_back_to_caption_accuracy(tmp_path):
-    runs = [write_run(tmp_path / name, summary(quality={"caption_accuracy": acc},
-                                               global_attacks={"loss-threshold": attack(auc, 0.6)}))
-            for name, acc, auc in (("a", 0.9, 0.6), ("b", 0.7, 0.8))]
+    runs = [
+        write_run(
+            tmp_path / name,
+            summary(quality={"caption_accuracy": acc}, global_attacks={"loss-threshold": attack(auc, 0.6)}),
+        )
+        for name, acc, auc in (("a", 0.9, 0.6), ("b", 0.7, 0.8))
+    ]
     table, figure = compare_runs(runs, tmp_path / "out")
     text = table.read_text()
     assert "x = 1 − caption-probe accuracy" in text and "Not plotted" not in text

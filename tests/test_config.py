@@ -39,7 +39,10 @@ def test_unknown_section(tmp_path):
         ("data.members_per_client=7", r"must be even"),
         ("model.lora_targets=[]", r"must not be empty"),
         ("data.dataset='folder'", r"needs data\.data_dir"),
-        ("train.method='dp-lora'", r"train\.method = 'dp-lora' is not allowed; choose one of \['lora', 'mp-lora', 'smp-lora'\]"),
+        (
+            "train.method='dp-lora'",
+            r"train\.method = 'dp-lora' is not allowed; choose one of \['lora', 'mp-lora', 'smp-lora'\]",
+        ),
         ("evaluation.attacks=['learned-mlp', 'gsa']", r"evaluation\.attacks has \['gsa'\]; each entry must be one of"),
         ("evaluation.attacks=['learned-mlp', 'learned-mlp']", r"lists an entry twice"),
         ("privacy.attacker_dropout=1.0", r"privacy\.attacker_dropout = 1\.0 is above the maximum"),

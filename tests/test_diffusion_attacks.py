@@ -15,12 +15,11 @@ from diffusers import DDPMScheduler
 
 from fedlora.config import ConfigError, EvaluationConfig, load_config
 from fedlora.data import load_dataset
-from fedlora.evaluation.attacks import gradient_norm, pia, score_norm, secmi
-from fedlora.evaluation.attacks import AttackSets, Samples, run_attacks
-from fedlora.runtime import ModelRuntime, get_splits
-from fedlora.training import train_lora
+from fedlora.evaluation.attacks import AttackSets, Samples, gradient_norm, pia, run_attacks, score_norm, secmi
 from fedlora.models.lora import ModelView, set_trainable
 from fedlora.privacy.objectives import LoraObjective
+from fedlora.runtime import ModelRuntime, get_splits
+from fedlora.training import train_lora
 
 ATTACKS = ("pia", "secmi", "score-norm", "gradient-norm")
 TARGETS = "['to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2']"
@@ -63,7 +62,9 @@ def test_ddim_inversion_then_denoising_with_the_same_eps_is_the_identity():
     for t, k in [(0, 10), (100, 10), (500, 250)]:
         up = secmi.ddim_step(x, eps, float(alphas[t]), float(alphas[t + k]))
         assert not torch.allclose(up, x)
-        torch.testing.assert_close(secmi.ddim_step(up, eps, float(alphas[t + k]), float(alphas[t])), x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            secmi.ddim_step(up, eps, float(alphas[t + k]), float(alphas[t])), x, rtol=0, atol=1e-12
+        )
 
 
 def test_secmi_t_error_vanishes_when_eps_theta_ignores_x_and_t():
@@ -117,15 +118,24 @@ def test_timesteps_outside_the_schedule_are_refused_with_the_key():
 
 
 def test_config_keys():
-    cfg = load_config(None, ["evaluation.attacks=['pia', 'secmi', 'score-norm', 'gradient-norm', 'loss-threshold']",
-                             "evaluation.pia_timesteps=[20, 40]", "evaluation.secmi_t=50", "evaluation.secmi_k=5"])
+    cfg = load_config(
+        None,
+        [
+            "evaluation.attacks=['pia', 'secmi', 'score-norm', 'gradient-norm', 'loss-threshold']",
+            "evaluation.pia_timesteps=[20, 40]",
+            "evaluation.secmi_t=50",
+            "evaluation.secmi_k=5",
+        ],
+    )
     assert cfg.evaluation.pia_timesteps == (20, 40) and cfg.evaluation.secmi_t == 50
     assert EvaluationConfig().attacks == ("learned-mlp-paper", "learned-mlp", "loss-threshold")  # opt-in
-    for bad, msg in [("evaluation.pia_timesteps=[]", "at least one timestep"),
-                     ("evaluation.score_norm_timesteps=[0, 10]", "at least 1"),
-                     ("evaluation.secmi_k=0", "below the minimum"),
-                     ("evaluation.secmi_k=200", "must not exceed"),
-                     ("evaluation.diffusion_attack_sign='maybe'", "not allowed")]:
+    for bad, msg in [
+        ("evaluation.pia_timesteps=[]", "at least one timestep"),
+        ("evaluation.score_norm_timesteps=[0, 10]", "at least 1"),
+        ("evaluation.secmi_k=0", "below the minimum"),
+        ("evaluation.secmi_k=200", "must not exceed"),
+        ("evaluation.diffusion_attack_sign='maybe'", "not allowed"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             load_config(None, [bad])
 
@@ -136,18 +146,33 @@ def test_config_keys():
 @pytest.fixture(scope="module")
 def overfit():
     """Rank-8 LoRA (attention + resnet convs) trained 400 AdamW steps at lr 1e-2 on 24 members."""
-    cfg = load_config("configs/smoke.toml", [
-        "data.dataset='mnist'", "data.members_per_client=24", "data.nonmembers_per_client=48",
-        "model.lora_rank=8", "model.lora_alpha=8.0", f"model.lora_targets={TARGETS}",
-        "train.local_steps=400", "train.batch_size=16", "train.learning_rate=1e-2", "train.max_grad_norm=0.0",
-        f"evaluation.attacks={list(ATTACKS)}", "evaluation.pia_timesteps=[10, 50, 100, 200, 300]",
-        "evaluation.secmi_t=50", "evaluation.secmi_k=10", "evaluation.gradient_norm_timesteps=[50, 250, 450, 650, 850]",
-    ])
+    cfg = load_config(
+        "configs/smoke.toml",
+        [
+            "data.dataset='mnist'",
+            "data.members_per_client=24",
+            "data.nonmembers_per_client=48",
+            "model.lora_rank=8",
+            "model.lora_alpha=8.0",
+            f"model.lora_targets={TARGETS}",
+            "train.local_steps=400",
+            "train.batch_size=16",
+            "train.learning_rate=1e-2",
+            "train.max_grad_norm=0.0",
+            f"evaluation.attacks={list(ATTACKS)}",
+            "evaluation.pia_timesteps=[10, 50, 100, 200, 300]",
+            "evaluation.secmi_t=50",
+            "evaluation.secmi_k=10",
+            "evaluation.gradient_norm_timesteps=[50, 250, 450, 650, 850]",
+        ],
+    )
     runtime = ModelRuntime(cfg)  # not the process cache: this adapter is for this module only
     dataset = load_dataset(cfg.data)
     split = get_splits(cfg).clients[0]  # the private pool: never seen by the base
     enc = lambda ids: runtime.encode(dataset, ids)  # noqa: E731
-    sets = AttackSets(enc(split.member_aux), enc(split.nonmember_aux), enc(split.member_test), enc(split.nonmember_test))
+    sets = AttackSets(
+        enc(split.member_aux), enc(split.nonmember_aux), enc(split.member_test), enc(split.nonmember_test)
+    )
     train_lora(runtime, enc(split.members), cfg.train, LoraObjective(), seed=0)
     return SimpleNamespace(cfg=cfg, runtime=runtime, sets=sets, trained=runtime.get_lora())
 
@@ -177,9 +202,11 @@ def test_choices_are_made_on_aux_only(overfit, monkeypatch):
     rt, s = overfit.runtime, overfit.sets
     rt.show(ModelView(lora=overfit.trained))
     swapped = AttackSets(s.member_aux, s.nonmember_aux, s.nonmember_test, s.member_test)
-    for attack in (lambda sets: pia.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
-                   lambda sets: score_norm.score_norm_attack(rt, sets, (1, 10, 100)),
-                   lambda sets: secmi.secmi_attack(rt, sets, 50, 10)):
+    for attack in (
+        lambda sets: pia.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
+        lambda sets: score_norm.score_norm_attack(rt, sets, (1, 10, 100)),
+        lambda sets: secmi.secmi_attack(rt, sets, 50, 10),
+    ):
         a, b = attack(s), attack(swapped)
         for key in ("t", "sign", "threshold", "aux_auc"):
             assert a.details[key] == b.details[key], key
@@ -226,8 +253,14 @@ def test_loss_and_learned_attacks_also_find_the_overfit_members(overfit):
     """The earlier attacks under the same protocol: clearly above chance on the overfit LoRA, not on B = 0."""
     import dataclasses
 
-    cfg = dataclasses.replace(overfit.cfg.evaluation, attacks=("loss-threshold", "learned-mlp"), attack_epochs=20,
-                              attack_learning_rate=1e-3, attack_feature_draws=4, loss_attack_draws=8)
+    cfg = dataclasses.replace(
+        overfit.cfg.evaluation,
+        attacks=("loss-threshold", "learned-mlp"),
+        attack_epochs=20,
+        attack_learning_rate=1e-3,
+        attack_feature_draws=4,
+        loss_attack_draws=8,
+    )
     rt, found = overfit.runtime, {}
     for name, view in [("overfit", ModelView(lora=overfit.trained)), ("reset", ModelView())]:
         rt.show(view)

@@ -18,8 +18,15 @@ def test_central_accountant_matches_dp_accounting_for_a_known_setting():
     from dp_accounting.rdp import RdpAccountant
     from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
-    cfg = load_config(None, ["privacy.dp='dp-fedavg'", "privacy.dp_noise_multiplier=1.1", "privacy.dp_delta=1e-5",
-                             "federation.num_clients=8"])
+    cfg = load_config(
+        None,
+        [
+            "privacy.dp='dp-fedavg'",
+            "privacy.dp_noise_multiplier=1.1",
+            "privacy.dp_delta=1e-5",
+            "federation.num_clients=8",
+        ],
+    )
     dp = DpFedAvg(cfg)
     assert dp.epsilon() == 0.0
     for _ in range(10):
@@ -32,8 +39,15 @@ def test_central_accountant_matches_dp_accounting_for_a_known_setting():
 
 
 def test_gaussian_a_init_has_variance_one_over_r_and_b_zero(tiny_base):
-    cfg = load_config("configs/smoke.toml", [f"model.base_model='{tiny_base}'", "data.dataset='digits'",
-                                             "model.lora_rank=8", "model.lora_a_init='gaussian'"])
+    cfg = load_config(
+        "configs/smoke.toml",
+        [
+            f"model.base_model='{tiny_base}'",
+            "data.dataset='digits'",
+            "model.lora_rank=8",
+            "model.lora_a_init='gaussian'",
+        ],
+    )
     unet = get_runtime(cfg).unet
     a = torch.cat([p.detach().flatten() for n, p in unet.named_parameters() if LORA_A in n])
     b = torch.cat([p.detach().flatten() for n, p in unet.named_parameters() if LORA_B in n])
@@ -58,8 +72,16 @@ def test_b_gradient_rows_are_rescaled_to_the_norm():
 
 
 def test_implicit_dp_reports_a_heuristic_not_an_epsilon():
-    cfg = load_config(None, ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'",
-                             "model.lora_rank=4", "train.batch_size=16"])
+    cfg = load_config(
+        None,
+        [
+            "privacy.dp='implicit-dp'",
+            "federation.aggregation='ffa'",
+            "model.lora_a_init='gaussian'",
+            "model.lora_rank=4",
+            "train.batch_size=16",
+        ],
+    )
     s = ImplicitDp(cfg).summary()
     assert s["formal"] is False and "epsilon" not in s
     assert s["equivalent_noise_multiplier_heuristic"] == pytest.approx(16 / math.sqrt(4))

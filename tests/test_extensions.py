@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ from fedlora.rounds import RoundLog
 from fedlora.rules import Arrays, ClientSetup, Rule
 from server.app import run_federated
 
-CONFIG_KEYS = {RULES: "federation.aggregation", ATTACKS: "evaluation.attacks", OBJECTIVES: "train.method",
-               DP_MODES: "privacy.dp", DATASETS: "data.dataset"}
+CONFIG_KEYS = {
+    RULES: "federation.aggregation",
+    ATTACKS: "evaluation.attacks",
+    OBJECTIVES: "train.method",
+    DP_MODES: "privacy.dp",
+    DATASETS: "data.dataset",
+}
 
 
 def field_choices(dotted: str) -> Registry[Any]:
@@ -61,8 +67,13 @@ class ServerStepRule(Rule):
     global_is_carried = True
     folds: list[tuple[Arrays, Arrays, Arrays]] = []  # (global before, mean of uploads, global after)
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         return ClientSetup(dict(payload))
 
     def payload(self, client_id: int) -> Arrays:
@@ -119,8 +130,12 @@ def latent_norm_attack(ctx: AttackContext) -> AttackResult:
     return attack_result(score(test), test_member, best_threshold(score(aux), aux_member))
 
 
-TOYS = [(RULES, "toy-server-step", ServerStepRule), (OBJECTIVES, "toy-l1", AbsErrorObjective),
-        (DP_MODES, "toy-grad-noise", GradientNoise), (ATTACKS, "toy-latent-norm", latent_norm_attack)]
+TOYS = [
+    (RULES, "toy-server-step", ServerStepRule),
+    (OBJECTIVES, "toy-l1", AbsErrorObjective),
+    (DP_MODES, "toy-grad-noise", GradientNoise),
+    (ATTACKS, "toy-latent-norm", latent_norm_attack),
+]
 
 
 @pytest.fixture
@@ -133,11 +148,19 @@ def toys():
 
 
 def test_toy_rule_objective_dp_mode_and_attack_run_a_federation(toys, tmp_path):
-    cfg = load_config("configs/smoke.toml", [
-        f"run.output_dir='{tmp_path}'", "federation.rounds=2", "federation.aggregation='toy-server-step'",
-        "train.method='toy-l1'", "privacy.dp='toy-grad-noise'", "privacy.dp_noise_multiplier=0.01",
-        "evaluation.attacks=['loss-threshold', 'toy-latent-norm']", "evaluation.quality_samples=0",
-    ])
+    cfg = load_config(
+        "configs/smoke.toml",
+        [
+            f"run.output_dir='{tmp_path}'",
+            "federation.rounds=2",
+            "federation.aggregation='toy-server-step'",
+            "train.method='toy-l1'",
+            "privacy.dp='toy-grad-noise'",
+            "privacy.dp_noise_multiplier=0.01",
+            "evaluation.attacks=['loss-threshold', 'toy-latent-norm']",
+            "evaluation.quality_samples=0",
+        ],
+    )
     ServerStepRule.folds.clear()
     run_dir, final = run_federated(LocalGrid(client_app, cfg.federation.num_clients), cfg)
 
@@ -164,7 +187,10 @@ def test_toy_rule_protocol_is_its_own_math(toys):
     ServerStepRule.folds.clear()
     cfg = load_config(None, ["federation.aggregation='toy-server-step'", "federation.num_clients=2"])
     rng = np.random.default_rng(0)
-    start = {"m.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32), "m.lora_B.weight": np.zeros((3, 2), np.float32)}
+    start = {
+        "m.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
+        "m.lora_B.weight": np.zeros((3, 2), np.float32),
+    }
     rule = RULES.get("toy-server-step")(cfg).start(start)
     ups = {c: {k: v + rng.normal(size=v.shape).astype(np.float32) for k, v in start.items()} for c in (0, 1)}
     rule.aggregate(ups, {0: 1.0, 1: 3.0})

@@ -10,21 +10,32 @@ from flwr.app.metadata import Metadata
 from clients import app as client_module
 from fedlora.aggregation import fedavg
 from fedlora.config import load_config
-from fedlora.rounds import RoundLog
-from fedlora.runtime import get_runtime
 from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
+from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
+from fedlora.runtime import get_runtime
 from server.strategy import LoraStrategy
 
 
 def message(content, message_type, src=0, dst=7, mid="m"):
-    meta = Metadata(run_id=1, message_id=mid, src_node_id=src, dst_node_id=dst, reply_to_message_id="",
-                    group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type)
+    meta = Metadata(
+        run_id=1,
+        message_id=mid,
+        src_node_id=src,
+        dst_node_id=dst,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
+    )
     return Message(content, metadata=meta)
 
 
 def context(pid):
-    return Context(run_id=1, node_id=7, node_config={PARTITION_ID: pid, "num-partitions": 2}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1, node_id=7, node_config={PARTITION_ID: pid, "num-partitions": 2}, state=RecordDict(), run_config={}
+    )
 
 
 @pytest.fixture
@@ -36,8 +47,15 @@ def test_train_handler_returns_lora_and_keeps_state_across_rounds(cfg):
     initial = get_runtime(cfg).get_lora()
     ctx = context(1)
     for rnd in (1, 2):
-        msg = message(RecordDict({"arrays": client_module.record_of(initial),
-                                  "config": ConfigRecord({"server-round": rnd, CONFIG_KEY: cfg.to_toml()})}), "train")
+        msg = message(
+            RecordDict(
+                {
+                    "arrays": client_module.record_of(initial),
+                    "config": ConfigRecord({"server-round": rnd, CONFIG_KEY: cfg.to_toml()}),
+                }
+            ),
+            "train",
+        )
         reply = client_module.train(msg, ctx)
         metrics = reply.content["metrics"]
         assert metrics[NUM_EXAMPLES] == cfg.data.members_per_client
@@ -56,18 +74,28 @@ def test_query_handler_reports_partition_and_requires_it():
 
 
 def fake_reply(pid, state, n):
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
-                          "metrics": MetricRecord({NUM_EXAMPLES: n, PARTITION_ID: pid, "train_loss": float(pid)})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
+            "metrics": MetricRecord({NUM_EXAMPLES: n, PARTITION_ID: pid, "train_loss": float(pid)}),
+        }
+    )
     return message(content, "train", src=100 + pid, dst=0, mid=f"r{pid}")
 
 
 def test_strategy_aggregates_in_partition_order_with_the_configured_rule():
     rng = np.random.default_rng(0)
-    states = [{"a.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
-               "a.lora_B.weight": rng.normal(size=(3, 2)).astype(np.float32)} for _ in range(3)]
+    states = [
+        {
+            "a.lora_A.weight": rng.normal(size=(2, 3)).astype(np.float32),
+            "a.lora_B.weight": rng.normal(size=(3, 2)).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
     rule = build_rule(load_config(None, ["federation.num_clients=3"])).start(states[0])
-    strategy = LoraStrategy(rule=rule, log=RoundLog(), partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0,
-                            config_text="")
+    strategy = LoraStrategy(
+        rule=rule, log=RoundLog(), partition_of={100: 0, 101: 1, 102: 2}, fraction=1.0, seed=0, config_text=""
+    )
     replies = [fake_reply(2, states[2], 30), fake_reply(0, states[0], 10), fake_reply(1, states[1], 20)]
     arrays, metrics = strategy.aggregate_train(1, replies)
     expected = fedavg(states, [10, 20, 30])
@@ -83,7 +111,8 @@ def test_strategy_aggregates_in_partition_order_with_the_configured_rule():
 def test_client_sampling_is_seeded_and_respects_the_fraction():
     partition_of = {1000 + k: k for k in range(10)}
     rule = build_rule(load_config(None, ["federation.num_clients=10"])).start(
-        {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))})
+        {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))}
+    )
     a = LoraStrategy(rule=rule, log=RoundLog(), partition_of=partition_of, fraction=0.3, seed=4, config_text="")
     b = LoraStrategy(rule=rule, log=RoundLog(), partition_of=partition_of, fraction=0.3, seed=4, config_text="")
     assert a.sample_partitions(2) == b.sample_partitions(2)

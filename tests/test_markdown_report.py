@@ -26,10 +26,13 @@ def test_report_md_holds_the_run(run):
         "# Run `fake <run>`",  # the config's run name
         "Method **smp-lora**, aggregation **fedavg**, 2 clients, 2 rounds, seed 7, dataset `mnist`",
         "- public (base pretraining): 24 samples",
-        "| client 0 | 8 | 4 | 4 | 3 | 5 |", "| all clients | 16 | 8 | 8 | 6 | 10 |",
+        "| client 0 | 8 | 4 | 4 | 3 | 5 |",
+        "| all clients | 16 | 8 | 8 | 6 | 10 |",
         "| round | member loss | non-member loss | gap | clients |",  # the per-round table
         "| 2 | 0.0800 | 0.1000 | +0.0200 | 2 |",
-        "![training curves](training.png)", "![samples](samples.png)", "![ROC curves](roc.png)",
+        "![training curves](training.png)",
+        "![samples](samples.png)",
+        "![ROC curves](roc.png)",
         "| target | attack | ASR | AUC | \\|AUC−0.5\\|/0.5 |",
         # n/m: TPR@0.1%FPR with 32 non-members (no reason recorded, and the summary's own reason)
         "| global | loss-threshold | 0.742 | 0.871 [0.600, 0.800] | 0.742 | 0.125 | 0.062 | n/m | 32 | 32 |",
@@ -40,7 +43,8 @@ def test_report_md_holds_the_run(run):
         "n/m: not measurable",
         "Mechanism `dp-fedavg`: (ε = 2.500, δ = 1.0e-05).",
         "| caption-probe accuracy, final global model samples | 0.917 | 24 captions |",
-        "| KID (Inception, 2048-d) | 0.0530 ± 0.0054 |", "| 139.07 |",
+        "| KID (Inception, 2048-d) | 0.0530 ± 0.0054 |",
+        "| 139.07 |",
         "- wall time 12.5 s (training rounds 8.0 s, evaluation 4.5 s)",
         "- per client and round: 74752 bytes up, 74752 bytes down",
     ):
@@ -74,8 +78,14 @@ def test_missing_and_corrupt_files_are_stated(run):
 
 
 def test_an_old_summary_renders_in_both_reports_and_says_what_is_missing(tmp_path):
-    old = {"method": "lora", "aggregation": "fedavg", "num_clients": 2, "rounds": 2, "seed": 0,
-           "privacy": {"global": {"membership-oracle": {"auc": 0.7, "asr": 0.6}}}}  # an attack no longer known
+    old = {
+        "method": "lora",
+        "aggregation": "fedavg",
+        "num_clients": 2,
+        "rounds": 2,
+        "seed": 0,
+        "privacy": {"global": {"membership-oracle": {"auc": 0.7, "asr": 0.6}}},
+    }  # an attack no longer known
     run = make_run(tmp_path / "old", old)
     md, page = (p.read_text() for p in write_reports(run))
     for text in (md, page):

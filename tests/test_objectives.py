@@ -21,18 +21,18 @@ NO_BATCHES = MembershipBatches(aux=lambda k: (None, None), test=lambda: (None, N
 
 
 def test_mp_and_smp_values_and_gradients_by_hand():
-    l = torch.tensor(0.3, requires_grad=True)
+    l_ada = torch.tensor(0.3, requires_grad=True)
     g = torch.tensor(-0.7, requires_grad=True)
     lam, delta = 0.05, 1e-5
-    mp = mp_lora_loss(l, g, lam)
+    mp = mp_lora_loss(l_ada, g, lam)
     assert mp.item() == pytest.approx(0.3 + 0.05 * -0.7)
-    dl, dg = torch.autograd.grad(mp, (l, g))
+    dl, dg = torch.autograd.grad(mp, (l_ada, g))
     assert (dl.item(), dg.item()) == pytest.approx((1.0, lam))
 
-    smp = smp_lora_loss(l, g, lam, delta)
+    smp = smp_lora_loss(l_ada, g, lam, delta)
     denom = 1 - lam * -0.7 + delta
     assert smp.item() == pytest.approx(0.3 / denom)
-    dl, dg = torch.autograd.grad(smp, (l, g))
+    dl, dg = torch.autograd.grad(smp, (l_ada, g))
     # d/dL = 1 / (1 - lam G + delta); d/dG = L * lam / (1 - lam G + delta)^2  (paper App. D factors)
     assert dl.item() == pytest.approx(1 / denom)
     assert dg.item() == pytest.approx(0.3 * lam / denom**2)
@@ -40,9 +40,9 @@ def test_mp_and_smp_values_and_gradients_by_hand():
 
 def test_smp_denominator_never_below_one_plus_delta():
     g = -torch.rand(100) * 20  # G is a mean log-probability, so <= 0
-    l = torch.rand(100)
-    out = smp_lora_loss(l, g, 0.05, 1e-5)
-    assert torch.all(out <= l / (1 + 1e-5) + 1e-12)
+    l_ada = torch.rand(100)
+    out = smp_lora_loss(l_ada, g, 0.05, 1e-5)
+    assert torch.all(out <= l_ada / (1 + 1e-5) + 1e-12)
 
 
 def test_lora_objective_is_mean_squared_error_and_gradient():
@@ -148,6 +148,6 @@ def test_build_objective_names():
 def test_attacker_architecture_is_the_papers():
     mlp = MembershipMLP(256)
     linear = [m for m in mlp.net if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linear] == [(256, 512), (512, 256), (256, 2)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(256, 512), (512, 256), (256, 2)]
     drop = [m for m in mlp.net if isinstance(m, torch.nn.Dropout)]
     assert len(drop) == 2 and all(math.isclose(d.p, 0.5) for d in drop)

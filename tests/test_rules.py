@@ -35,7 +35,12 @@ def train(adapter, seed, train_a=True):
 
 
 def cfg_for(rule, ranks=(), n=3):
-    overrides = [f"federation.aggregation='{rule}'", f"federation.num_clients={n}", "model.lora_rank=4", "model.lora_alpha=8"]
+    overrides = [
+        f"federation.aggregation='{rule}'",
+        f"federation.num_clients={n}",
+        "model.lora_rank=4",
+        "model.lora_alpha=8",
+    ]
     if ranks:
         overrides.append(f"federation.client_ranks={list(ranks)}")
     return load_config(None, overrides)
@@ -85,7 +90,7 @@ def test_fedsa_shares_a_and_keeps_each_b_on_its_client():
     server, uploads, kept, trained, payloads = run_rounds(cfg)
     assert all(set(u) == set(factor(init_adapter(4), "A")) for u in uploads.values())
     assert all(set(p) == set(factor(init_adapter(4), "A")) for p in payloads.values())
-    for c, (t, setup) in trained.items():
+    for c, (t, _) in trained.items():
         assert all(np.array_equal(kept[c][k], t[k]) for k in factor(t, "B"))  # B stays home
     # round 2 started from the client's own B (kept in round 1) and the shared A
     a_mean = agg.fedsa([u for u in uploads.values()], [1, 2, 3])
@@ -144,7 +149,9 @@ def test_flora_download_grows_with_clients_and_missed_rounds():
 
 
 def test_svd_first_round_restarts_dead_directions_without_changing_the_product():
-    cfg = load_config(None, ["federation.aggregation='svd'", "federation.num_clients=2", "federation.client_ranks=[2, 4]"])
+    cfg = load_config(
+        None, ["federation.aggregation='svd'", "federation.num_clients=2", "federation.client_ranks=[2, 4]"]
+    )
     server = build_rule(cfg).start(init_adapter(cfg.model.lora_rank))
     payload = server.payload(1)  # W = 0: all-zero factors, which could never train
     assert all(not np.any(v) for v in payload.values())

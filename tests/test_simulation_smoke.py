@@ -7,13 +7,34 @@ import pytest
 import torch
 
 from fedlora.config import ConfigError, load_config
-from fedlora.runtime import get_runtime
 from fedlora.models.base import load_pipeline
-from fedlora.outputs import ADAPTER_DIR, CONFIG_FILE, METRICS_FILE, REPORT_FILE, ROC_FIGURE, SAMPLES_FILE, SPLITS_FILE, SUMMARY_FILE, TRAINING_FIGURE
+from fedlora.outputs import (
+    ADAPTER_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    ROC_FIGURE,
+    SAMPLES_FILE,
+    SPLITS_FILE,
+    SUMMARY_FILE,
+    TRAINING_FIGURE,
+)
+from fedlora.runtime import get_runtime
 from fedlora.simulation import run_experiment
 
-SUMMARY_KEYS = {"method", "aggregation", "num_clients", "rounds", "seed", "base_model", "dataset",
-                "privacy", "quality", "timing", "communication"}
+SUMMARY_KEYS = {
+    "method",
+    "aggregation",
+    "num_clients",
+    "rounds",
+    "seed",
+    "base_model",
+    "dataset",
+    "privacy",
+    "quality",
+    "timing",
+    "communication",
+}
 
 
 @pytest.mark.timeout(600)
@@ -25,7 +46,16 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
     result: dict = {}
     run_dir = run_experiment(cfg, result)
 
-    for name in (CONFIG_FILE, SPLITS_FILE, METRICS_FILE, SUMMARY_FILE, REPORT_FILE, SAMPLES_FILE, TRAINING_FIGURE, ROC_FIGURE):
+    for name in (
+        CONFIG_FILE,
+        SPLITS_FILE,
+        METRICS_FILE,
+        SUMMARY_FILE,
+        REPORT_FILE,
+        SAMPLES_FILE,
+        TRAINING_FIGURE,
+        ROC_FIGURE,
+    ):
         assert (run_dir / name).is_file(), name
     assert load_config(run_dir / CONFIG_FILE) == cfg
 
@@ -66,7 +96,10 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
     again = evaluate_run(run_dir)
     assert again["privacy"]["global"] == summary["privacy"]["global"]
     assert again["privacy"]["clients"] == summary["privacy"]["clients"]
-    assert again["communication"] == summary["communication"] and again["timing"]["train_s"] == summary["timing"]["train_s"]
+    assert (
+        again["communication"] == summary["communication"]
+        and again["timing"]["train_s"] == summary["timing"]["train_s"]
+    )
     more = evaluate_run(run_dir, ["evaluation.attacks=['loss-threshold', 'pia']", "evaluation.attack_clients=false"])
     assert set(more["privacy"]["global"]) == {"loss-threshold", "pia"} and more["privacy"]["clients"] == {}
     assert "pia" in load_config(run_dir / CONFIG_FILE).evaluation.attacks
@@ -107,13 +140,18 @@ FAST_EVAL = ["evaluation.attacks=['loss-threshold']", "evaluation.quality_sample
         ("svd", ["federation.aggregation='svd'", "federation.client_ranks=[2, 8]"]),
         ("flora", ["federation.aggregation='flora'", "federation.client_ranks=[2, 8]"]),
         ("dp-fedavg", ["privacy.dp='dp-fedavg'", "privacy.dp_max_grad_norm=0.05"]),
-        ("dp-fedavg-client", ["privacy.dp='dp-fedavg'", "privacy.dp_clipping='client'", "privacy.dp_max_grad_norm=0.05"]),
+        (
+            "dp-fedavg-client",
+            ["privacy.dp='dp-fedavg'", "privacy.dp_clipping='client'", "privacy.dp_max_grad_norm=0.05"],
+        ),
         ("dp-lora", ["privacy.dp='dp-lora'"]),
         ("implicit-dp", ["privacy.dp='implicit-dp'", "federation.aggregation='ffa'", "model.lora_a_init='gaussian'"]),
     ],
 )
 def test_every_rule_runs_end_to_end(tmp_path, name, overrides):
-    cfg = load_config("configs/smoke.toml", [f"run.output_dir='{tmp_path}'", f"run.name='{name}'", *FAST_EVAL, *overrides])
+    cfg = load_config(
+        "configs/smoke.toml", [f"run.output_dir='{tmp_path}'", f"run.name='{name}'", *FAST_EVAL, *overrides]
+    )
     result: dict = {}
     run_dir = run_experiment(cfg, result)
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
@@ -131,7 +169,9 @@ def test_every_rule_runs_end_to_end(tmp_path, name, overrides):
         assert raw["A"] <= comm["bytes_up_per_client_round"] < raw["A"] + header
         assert raw["B"] <= comm["bytes_eval_only_per_client_round"] < raw["B"] + header
     if name == "flora":  # round 1 has nothing to merge; round 2 downloads the rank 2+8 stack
-        assert rows[1]["bytes_down_per_client"] == 0 and rows[2]["bytes_down_per_client"] > rows[2]["bytes_up_per_client"]
+        assert (
+            rows[1]["bytes_down_per_client"] == 0 and rows[2]["bytes_down_per_client"] > rows[2]["bytes_up_per_client"]
+        )
     if name in ("svd", "flora"):
         assert summary["client_ranks"] == [2, 8] and summary["adapter_rank"] >= 8
     assert set(summary["privacy"]["clients"]) == {"0", "1"}
@@ -154,5 +194,7 @@ def test_every_rule_runs_end_to_end(tmp_path, name, overrides):
         assert 0 < rows[1]["dp_epsilon"] < rows[2]["dp_epsilon"]
     if cfg.privacy.dp == "implicit-dp":
         assert dp["formal"] is False and "epsilon" not in dp
-        assert dp["equivalent_noise_multiplier_heuristic"] == pytest.approx(cfg.train.batch_size / cfg.model.lora_rank**0.5)
+        assert dp["equivalent_noise_multiplier_heuristic"] == pytest.approx(
+            cfg.train.batch_size / cfg.model.lora_rank**0.5
+        )
     assert_adapter_is_the_global_model(cfg, run_dir, result["global_view"], summary["base_model"])

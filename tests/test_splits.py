@@ -62,7 +62,10 @@ def test_dirichlet_is_skewed_and_iid_is_not():
         group_of = dict(zip(ds.ids, ds.groups))
         # share of each client's most common group
         counts[partition] = np.mean(
-            [max(np.unique([group_of[i] for i in c.members + c.nonmembers], return_counts=True)[1]) / 60 for c in s.clients]
+            [
+                max(np.unique([group_of[i] for i in c.members + c.nonmembers], return_counts=True)[1]) / 60
+                for c in s.clients
+            ]
         )
     assert counts["dirichlet"] > 0.5 > counts["iid"]
 

@@ -56,7 +56,9 @@ def test_an_old_summary_reads_with_defaults():
 
 def test_unknown_and_malformed_keys_survive_a_rewrite():
     data = {
-        "method": "lora", "future_key": [1, 2], "quality": {"kid": 0.05},
+        "method": "lora",
+        "future_key": [1, 2],
+        "quality": {"kid": 0.05},
         "privacy": {"global": {}, "clients": {}, "dp": {"mechanism": "none"}, "audit_version": 3},
         "timing": {"total_s": 1.0, "train_s": 0.5, "eval_s": 0.5, "queue_s": 0.25},
         "communication": {**Communication().to_dict(), "bytes_control": 12.0},
@@ -94,6 +96,11 @@ def test_no_mapping_guard_chains_over_the_summary_outside_the_reader():
     """summary.json is read once, by fedlora.reports.summary (and the run-folder reader): no ad-hoc guards."""
     readers = {ROOT / "fedlora" / "reports" / "summary.py", ROOT / "fedlora" / "reports" / "folder.py"}
     guard = re.compile(r"isinstance\([^()]*,\s*Mapping\)\s*else\s*\{\}")
-    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in sorted((ROOT / "fedlora").rglob("*.py")) if p not in readers
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if guard.search(line)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in sorted((ROOT / "fedlora").rglob("*.py"))
+        if p not in readers
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if guard.search(line)
+    ]
     assert offenders == []

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from ..registry import DATASETS
-from . import mnist, digits, openmoji, image_folder  # noqa: F401  (registration; mnist, the default, first)
+
+# The built-ins register in this order, the order configs and reports list them in.
+# isort: off
+from . import mnist  # noqa: F401
+from . import digits  # noqa: F401
+from . import openmoji  # noqa: F401
+from . import image_folder  # noqa: F401
+
+# isort: on
 from .base import DatasetError, DatasetSource, ImageDataset
 from .splits import ClientSplit, Splits, make_splits, public_subset
 

@@ -6,8 +6,8 @@ membership bookkeeping cheap and exact: a sample is an index plus a stable id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class DatasetSource:
     """A registered dataset (``fedlora.registry.DATASETS``): how to load it for a config, and what
     the config must give it (``validate`` raises ConfigError naming the key)."""
 
-    load: Callable[[DataConfig], "ImageDataset"]
+    load: Callable[[DataConfig], ImageDataset]
     validate: Callable[[DataConfig], None] = _accept
 
 
@@ -67,7 +67,7 @@ class ImageDataset:
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
-    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         return ImageDataset(
             name=self.name,
@@ -101,4 +101,6 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     if side == size:
         return np.ascontiguousarray(crop, dtype=np.uint8)
     pil = Image.fromarray(crop.astype(np.uint8))
-    return np.asarray(pil.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC), dtype=np.uint8)
+    return np.asarray(
+        pil.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.BICUBIC), dtype=np.uint8
+    )

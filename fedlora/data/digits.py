@@ -13,7 +13,6 @@ from .base import DatasetError, DatasetSource, ImageDataset, resize_square
 from .digit_captions import digit_caption
 
 
-
 def load_digits_dataset(image_size: int) -> ImageDataset:
     """Digits scaled from 0..16 to 0..255, drawn dark on white like ``mnist``, upsampled to ``image_size``.
 
@@ -38,6 +37,9 @@ def load_digits_dataset(image_size: int) -> ImageDataset:
     )
 
 
-DATASETS.add("digits", DatasetSource(load=lambda data: load_digits_dataset(data.image_size)),
-             description="scikit-learn's 1,797 8×8 digits (UCI optdigits), upsampled",
-             reference="Alpaydin & Kaynak, UCI optdigits (CC BY 4.0)")
+DATASETS.add(
+    "digits",
+    DatasetSource(load=lambda data: load_digits_dataset(data.image_size)),
+    description="scikit-learn's 1,797 8×8 digits (UCI optdigits), upsampled",
+    reference="Alpaydin & Kaynak, UCI optdigits (CC BY 4.0)",
+)

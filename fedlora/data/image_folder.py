@@ -41,7 +41,11 @@ def _read_metadata(root: Path) -> dict[str, str]:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{meta}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or not isinstance(row.get("text"), str):
+                if (
+                    not isinstance(row, dict)
+                    or not isinstance(row.get("file_name"), str)
+                    or not isinstance(row.get("text"), str)
+                ):
                     raise DatasetError(f"{meta}:{lineno}: each line needs string fields 'file_name' and 'text'")
                 captions[(base / row["file_name"]).as_posix()] = row["text"].strip()  # pathlib drops "./"
     return captions
@@ -60,8 +64,8 @@ def _decode_rgb(file: Path) -> np.ndarray:
     """RGB uint8; transparency is composited on white (how the image would be viewed)."""
     from PIL import Image, ImageOps
 
-    with Image.open(file) as im:
-        im = ImageOps.exif_transpose(im)  # phone photos store rotation in EXIF
+    with Image.open(file) as raw:
+        im = ImageOps.exif_transpose(raw)  # phone photos store rotation in EXIF
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -107,7 +111,9 @@ def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = 
             if on_bad_image == "skip":
                 skipped += 1
                 continue
-            raise DatasetError(f"{root / rel}: cannot decode image ({exc}); use on_bad_image='skip' to skip it") from exc
+            raise DatasetError(
+                f"{root / rel}: cannot decode image ({exc}); use on_bad_image='skip' to skip it"
+            ) from exc
         ids.append(f"folder-{rel}")
         images.append(resize_square(rgb, image_size))
         captions.append(captions_by_rel[rel])
@@ -130,7 +136,11 @@ def _needs_folder(data: DataConfig) -> None:
         raise ConfigError("data.dataset = 'folder' needs data.data_dir (a folder of captioned images)")
 
 
-DATASETS.add("folder", DatasetSource(load=lambda data: load_image_folder(data.data_dir, data.image_size,
-                                                                         on_bad_image=data.on_bad_image)[0],
-                                     validate=_needs_folder),
-             description="a local folder of images with captions in metadata.jsonl or .txt files beside them")
+DATASETS.add(
+    "folder",
+    DatasetSource(
+        load=lambda data: load_image_folder(data.data_dir, data.image_size, on_bad_image=data.on_bad_image)[0],
+        validate=_needs_folder,
+    ),
+    description="a local folder of images with captions in metadata.jsonl or .txt files beside them",
+)

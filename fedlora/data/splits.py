@@ -9,9 +9,9 @@ split can be rebuilt and audited from ``splits.json``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class Splits:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Splits":
+    def load(cls, path: str | Path) -> Splits:
         raw = json.loads(Path(path).read_text())
         clients = tuple(
             ClientSplit(

@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +124,7 @@ class InceptionFeatureExtractor(nn.Module):
             return self.net(x).reshape(len(x), FEATURE_DIM)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_inception(device: str = "cpu") -> InceptionFeatureExtractor:
     """The feature extractor, loaded once per process and device."""
     return InceptionFeatureExtractor().to(torch.device(device))
@@ -162,9 +163,12 @@ def inception_features(
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     model = load_inception(device)
     out = []
-    with torch.inference_mode(), tqdm(
-        total=len(nchw), desc="inception features", unit="img", disable=None if progress is None else not progress
-    ) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(nchw), desc="inception features", unit="img", disable=None if progress is None else not progress
+        ) as bar,
+    ):
         for i in range(0, len(nchw), batch_size):
             batch = torch.from_numpy(nchw[i : i + batch_size]).to(device)
             out.append(model(batch).float().cpu().numpy())
@@ -197,13 +201,15 @@ def _single_thread():
         torch.set_num_threads(previous)
 
 
-def _check_one_of(images, features, name: str) -> int:
+def _check_one_of(images: Any, features: Any, name: str) -> int:
     if (images is None) == (features is None):
         raise ValueError(f"give exactly one of `{name}` (images) and `{name}_features`")
     return len(images if features is None else features)
 
 
-def _features_of(images, features, name: str, batch_size: int, device: str, progress: bool | None) -> np.ndarray:
+def _features_of(
+    images: Any, features: Any, name: str, batch_size: int, device: str, progress: bool | None
+) -> np.ndarray:
     if features is None:
         return inception_features(images, batch_size, device=device, progress=progress)
     features = np.asarray(features)
@@ -248,7 +254,8 @@ def kid_fid(
         raise ValueError(f"kid_subset_size must be an int, got {kid_subset_size!r}")
     if not 2 <= kid_subset_size <= min(n, m):
         raise ValueError(
-            f"kid_subset_size={kid_subset_size} must be between 2 and min(generated, reference) = min({n}, {m}) = {min(n, m)}"
+            f"kid_subset_size={kid_subset_size} must be between 2 and min(generated, reference) = "
+            f"min({n}, {m}) = {min(n, m)}"
         )
     if kid_subsets < 1:
         raise ValueError(f"kid_subsets must be >= 1, got {kid_subsets}")

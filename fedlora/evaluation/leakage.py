@@ -15,7 +15,17 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 LOW_FPRS = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01, "tpr_at_5pct_fpr": 0.05}
-LEAKAGE_KEYS = ("auc", "auc_dev", "auc_ci_low", "auc_ci_high", "asr", *LOW_FPRS, "n_members", "n_nonmembers", "unmeasurable")
+LEAKAGE_KEYS = (
+    "auc",
+    "auc_dev",
+    "auc_ci_low",
+    "auc_ci_high",
+    "asr",
+    *LOW_FPRS,
+    "n_members",
+    "n_nonmembers",
+    "unmeasurable",
+)
 BOOTSTRAP_RESAMPLES = 1000
 CI_LEVEL = 0.95
 
@@ -59,7 +69,11 @@ def attack_success_rate(scores: np.ndarray, is_member: np.ndarray, threshold: fl
 
 
 def auc_interval(
-    scores: np.ndarray, is_member: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, level: float = CI_LEVEL, seed: int = 0
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = CI_LEVEL,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap of the AUC, resampling members and non-members separately (seeded)."""
     scores, is_member = _check(scores, is_member)
@@ -87,8 +101,13 @@ def leakage_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float,
     auc = float(roc_auc_score(is_member, scores))
     low, high = auc_interval(scores, is_member, seed=seed)
     n_non = int((~is_member).sum())
-    out: dict = {"auc": auc, "auc_dev": abs(auc - 0.5) / 0.5, "auc_ci_low": low, "auc_ci_high": high,
-                 "asr": attack_success_rate(scores, is_member, threshold)}
+    out: dict = {
+        "auc": auc,
+        "auc_dev": abs(auc - 0.5) / 0.5,
+        "auc_ci_low": low,
+        "auc_ci_high": high,
+        "asr": attack_success_rate(scores, is_member, threshold),
+    }
     unmeasurable = {}
     for key, target in LOW_FPRS.items():
         if n_non * target >= 1 - 1e-9:

@@ -8,7 +8,8 @@ and stated next to every number.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..config import ExperimentConfig
 from ..data import ImageDataset, Splits
@@ -16,7 +17,7 @@ from ..models.lora import ModelView
 from .attacks import AttackResult, AttackSets, Samples, run_attacks
 
 
-def attack_sets(runtime, dataset: ImageDataset, splits: Splits, clients: list[int]) -> AttackSets:
+def attack_sets(runtime: Any, dataset: ImageDataset, splits: Splits, clients: list[int]) -> AttackSets:
     def union(attr: str) -> Samples:
         return Samples.concat([runtime.encode(dataset, getattr(splits.clients[c], attr)) for c in clients])
 
@@ -25,7 +26,7 @@ def attack_sets(runtime, dataset: ImageDataset, splits: Splits, clients: list[in
 
 def evaluate_membership(
     cfg: ExperimentConfig,
-    runtime,
+    runtime: Any,
     dataset: ImageDataset,
     splits: Splits,
     global_view: ModelView,
@@ -38,7 +39,9 @@ def evaluate_membership(
     seed = cfg.run.seed * 1000 + 17
     runtime.show(global_view)
     every = list(range(cfg.federation.num_clients))
-    results = run_attacks(runtime, attack_sets(runtime, dataset, splits, every), cfg.evaluation, seed, desc="attack global")
+    results = run_attacks(
+        runtime, attack_sets(runtime, dataset, splits, every), cfg.evaluation, seed, desc="attack global"
+    )
     privacy["global"] = {name: r.metrics | {"details": r.details} for name, r in results.items()}
     if cfg.evaluation.attack_clients:
         for cid in sorted(client_views):

@@ -9,7 +9,8 @@ distinct captions (class-like), e.g. the digits. KID/FID use the offline Incepti
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,9 @@ class CaptionProbe:
 
         self.classes = sorted(set(public.captions))
         if len(self.classes) > MAX_CAPTION_CLASSES:
-            raise ValueError(f"{len(self.classes)} distinct captions: a caption probe needs at most {MAX_CAPTION_CLASSES}")
+            raise ValueError(
+                f"{len(self.classes)} distinct captions: a caption probe needs at most {MAX_CAPTION_CLASSES}"
+            )
         self.model = LogisticRegression(max_iter=300, C=0.5, random_state=seed)
         self.model.fit(_features(public.images), list(public.captions))
 
@@ -52,10 +55,15 @@ def caption_probe_or_none(public: ImageDataset, seed: int = 0) -> CaptionProbe |
 def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: ModelView) -> dict[str, float]:
     """Caption-probe accuracy (final model, base with B = 0, real members) and, if asked, KID/FID."""
     dataset = load_dataset(cfg.data)
-    kwargs: dict[str, Any] = dict(steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale,
-                                  seed=cfg.run.seed + 1)
+    kwargs: dict[str, Any] = dict(
+        steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed + 1
+    )
     out: dict[str, float] = {}
-    probe = caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed) if cfg.evaluation.quality_samples else None
+    probe = (
+        caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed)
+        if cfg.evaluation.quality_samples
+        else None
+    )
     if probe is not None:
         member_ids, _ = pick_eval_ids(splits, cfg.evaluation.quality_samples, cfg.run.seed + 1)
         idx = dataset.indices_of(member_ids)
@@ -74,6 +82,12 @@ def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: M
         runtime.show(view)
         fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
         res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed)
-        out.update(kid=res["kid"], kid_std=res["kid_std"], fid=res["fid"], kid_fid_n_generated=float(res["n_generated"]),
-                   kid_fid_n_reference=float(res["n_reference"]), kid_subset_size=float(res["kid_subset_size"]))
+        out.update(
+            kid=res["kid"],
+            kid_std=res["kid_std"],
+            fid=res["fid"],
+            kid_fid_n_generated=float(res["n_generated"]),
+            kid_fid_n_reference=float(res["n_reference"]),
+            kid_subset_size=float(res["kid_subset_size"]),
+        )
     return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from .tracking import pick_eval_ids
 
 
 @torch.no_grad()
-def generate(pipeline, captions: Sequence[str], *, steps: int, guidance_scale: float, seed: int, batch_size: int = 32) -> np.ndarray:
+def generate(
+    pipeline: Any, captions: Sequence[str], *, steps: int, guidance_scale: float, seed: int, batch_size: int = 32
+) -> np.ndarray:
     """uint8 (N, H, W, 3) images, one per caption, reproducible from ``seed``."""
     size = pipeline.unet.config.sample_size * (2 ** (len(pipeline.vae.config.block_out_channels) - 1))
     out = []
@@ -33,7 +36,9 @@ def generate(pipeline, captions: Sequence[str], *, steps: int, guidance_scale: f
     return np.concatenate(out)
 
 
-def save_grid(images: np.ndarray, path: str | Path, *, ncols: int, labels: Sequence[str] | None = None, scale: int = 3) -> Path:
+def save_grid(
+    images: np.ndarray, path: str | Path, *, ncols: int, labels: Sequence[str] | None = None, scale: int = 3
+) -> Path:
     """A PNG grid; optional labels are drawn above each column's first row."""
     from PIL import Image, ImageDraw
 
@@ -60,8 +65,13 @@ def save_member_samples(path: Path, cfg: ExperimentConfig, runtime: Any, splits:
     member_ids, _ = pick_eval_ids(splits, cfg.evaluation.num_samples, cfg.run.seed)
     idx = dataset.indices_of(member_ids)
     captions = [dataset.captions[i] for i in idx]
-    fake = generate(runtime.pipe, captions, steps=cfg.evaluation.sample_steps,
-                    guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed)
+    fake = generate(
+        runtime.pipe,
+        captions,
+        steps=cfg.evaluation.sample_steps,
+        guidance_scale=cfg.evaluation.guidance_scale,
+        seed=cfg.run.seed,
+    )
     ncols = min(8, len(idx))
     rows = []
     for start in range(0, len(idx), ncols):

@@ -6,6 +6,8 @@ the adapter does; the member/non-member gap is the simplest leakage signal there
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..config import ExperimentConfig
@@ -19,11 +21,14 @@ def pick_eval_ids(splits: Splits, k: int, seed: int) -> tuple[list[str], list[st
     nonmembers = sorted(i for c in splits.clients for i in c.nonmembers)
     rng = np.random.default_rng([seed, 11])
     k = min(k, len(members), len(nonmembers))
-    return (sorted(rng.choice(members, k, replace=False).tolist()), sorted(rng.choice(nonmembers, k, replace=False).tolist()))
+    return (
+        sorted(rng.choice(members, k, replace=False).tolist()),
+        sorted(rng.choice(nonmembers, k, replace=False).tolist()),
+    )
 
 
 class LossTracker:
-    def __init__(self, cfg: ExperimentConfig, runtime, splits: Splits):
+    def __init__(self, cfg: ExperimentConfig, runtime: Any, splits: Splits):
         self.cfg, self.runtime = cfg, runtime
         dataset = load_dataset(cfg.data)
         member_ids, nonmember_ids = pick_eval_ids(splits, cfg.evaluation.eval_members, cfg.run.seed)

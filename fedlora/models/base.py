@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from ..config import EMBEDDED_BASE
 
@@ -51,14 +52,15 @@ def resolve_base_model(name: str) -> str:
         path = embedded_dir()
         if not (path / "model_index.json").is_file():
             raise BaseModelError(
-                f"the embedded base model is missing at {path}; "
-                "create it with `fedlora pretrain configs/pretrain.toml`"
+                f"the embedded base model is missing at {path}; create it with `fedlora pretrain configs/pretrain.toml`"
             )
         return str(path)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise BaseModelError(f"model.base_model = {name!r} is a folder without model_index.json (not a diffusers pipeline)")
+            raise BaseModelError(
+                f"model.base_model = {name!r} is a folder without model_index.json (not a diffusers pipeline)"
+            )
         return str(path.resolve())
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id; only works where the hub is reachable
@@ -67,10 +69,9 @@ def resolve_base_model(name: str) -> str:
     )
 
 
-def load_pipeline(name: str, *, cached: bool = True):
+def load_pipeline(name: str, *, cached: bool = True) -> Any:
     """A float32 CPU/GPU-agnostic ``StableDiffusionPipeline``; one copy per process when cached."""
     from diffusers import StableDiffusionPipeline
-
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

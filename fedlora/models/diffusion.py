@@ -6,10 +6,20 @@ frozen during adaptation), so a training step costs one UNet pass.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+
+class SampleSet(Protocol):
+    """Encoded samples: latents and caption embeddings, one row each (the runtime's EncodedSamples)."""
+
+    latents: torch.Tensor
+    cond: torch.Tensor
+
+    def __len__(self) -> int: ...
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -22,7 +32,7 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_images(vae, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+def encode_images(vae: Any, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     """Scaled latents (the posterior mode, so cached latents are deterministic)."""
     out = []
     for i in range(0, len(images), batch_size):
@@ -32,7 +42,7 @@ def encode_images(vae, images: np.ndarray, batch_size: int = 64) -> torch.Tensor
 
 
 @torch.no_grad()
-def encode_captions(tokenizer, text_encoder, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def encode_captions(tokenizer: Any, text_encoder: Any, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     out = []
     for i in range(0, len(captions), batch_size):
         ids = tokenizer(
@@ -46,7 +56,7 @@ def encode_captions(tokenizer, text_encoder, captions: Sequence[str], batch_size
     return torch.cat(out)
 
 
-def training_scheduler(pipeline):
+def training_scheduler(pipeline: Any) -> Any:
     """DDPM forward process with the pipeline's own beta schedule."""
     from diffusers import DDPMScheduler
 
@@ -54,8 +64,8 @@ def training_scheduler(pipeline):
 
 
 def squared_error_map(
-    unet,
-    scheduler,
+    unet: Any,
+    scheduler: Any,
     latents: torch.Tensor,
     cond: torch.Tensor,
     noise: torch.Tensor,
@@ -69,7 +79,7 @@ def squared_error_map(
 
 @torch.no_grad()
 def mean_denoising_loss(
-    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, draws: int, seed: int, batch_size: int = 64
+    unet: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, draws: int, seed: int, batch_size: int = 64
 ) -> torch.Tensor:
     """Per-sample loss averaged over ``draws`` fixed (t, eps) pairs: comparable across rounds."""
     gen = torch.Generator().manual_seed(seed)
@@ -87,7 +97,7 @@ def mean_denoising_loss(
 
 @torch.no_grad()
 def loss_maps(
-    unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, batch_size: int = 256
+    unet: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, batch_size: int = 256
 ) -> torch.Tensor:
     """One fresh (t, eps) draw per sample -> (N, C, h, w) squared-error maps: the MIA feature."""
     noise = torch.randn(latents.shape, generator=gen)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -12,8 +12,9 @@ from ..config import ModelConfig
 from .lora import ModelView
 
 
-def adapter_of_view(view: ModelView, initial: Mapping[str, np.ndarray], scaling: float,
-                    model: ModelConfig) -> tuple[dict[str, np.ndarray], ModelConfig]:
+def adapter_of_view(
+    view: ModelView, initial: Mapping[str, np.ndarray], scaling: float, model: ModelConfig
+) -> tuple[dict[str, np.ndarray], ModelConfig]:
     """The view's own LoRA, or an exact SVD of its dense update, with the ModelConfig to save it under.
 
     Dense views (FLoRA's merges, FlexLoRA's mean) become a LoRA of the largest numerical rank over

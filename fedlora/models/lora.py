@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,18 +17,18 @@ LORA_A, LORA_B = "lora_A", "lora_B"
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
-def lora_config(model: ModelConfig):
+def lora_config(model: ModelConfig) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
         r=model.lora_rank,
-        lora_alpha=model.lora_alpha,
+        lora_alpha=model.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, scales by any number
         target_modules=list(model.lora_targets),
         init_lora_weights=True,  # A ~ Kaiming-uniform, B = 0: the adapter starts as a no-op
     )
 
 
-def attach_lora(unet, model: ModelConfig, seed: int = 0) -> None:
+def attach_lora(unet: Any, model: ModelConfig, seed: int = 0) -> None:
     """Freeze the base UNet and add one trainable adapter; A's init depends only on ``seed``."""
     unet.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
@@ -43,7 +44,7 @@ def attach_lora(unet, model: ModelConfig, seed: int = 0) -> None:
         init_lora(unet, seed, model.lora_a_init)
 
 
-def lora_layers(unet) -> Iterator[tuple[str, torch.nn.Module]]:
+def lora_layers(unet: Any) -> Iterator[tuple[str, Any]]:
     """(prefix, peft LoRA layer); the prefix is the state-dict key without ``.lora_A.weight``."""
     from peft.tuners.lora import LoraLayer
 
@@ -52,7 +53,7 @@ def lora_layers(unet) -> Iterator[tuple[str, torch.nn.Module]]:
             yield name, module
 
 
-def init_lora(unet, seed: int, a_init: str = "kaiming-uniform") -> None:
+def init_lora(unet: Any, seed: int, a_init: str = "kaiming-uniform") -> None:
     """A fresh adapter: B = 0 and A re-drawn from ``seed`` (FLoRA restarts one every round).
 
     ``gaussian`` draws A with i.i.d. N(0, 1/r) entries, the matrix arXiv 2409.17538 analyses
@@ -73,7 +74,7 @@ def init_lora(unet, seed: int, a_init: str = "kaiming-uniform") -> None:
                 b.zero_()
 
 
-def set_trainable(unet, train_a: bool, train_b: bool = True) -> None:
+def set_trainable(unet: Any, train_a: bool, train_b: bool = True) -> None:
     """Which LoRA factors the optimiser sees (FFA-LoRA and implicit DP freeze A)."""
     for name, param in unet.named_parameters():
         if LORA_A in name:
@@ -88,7 +89,7 @@ class BaseDeltas:
     Keeps the original weights so that any set of deltas can be applied or removed exactly.
     """
 
-    def __init__(self, unet):
+    def __init__(self, unet: Any):
         self.layers = dict(lora_layers(unet))
         self.original = {p: layer.base_layer.weight.detach().clone() for p, layer in self.layers.items()}
         self.applied: set[str] = set()
@@ -121,14 +122,14 @@ class ModelView:
     deltas: Mapping[str, np.ndarray] | None = None
 
 
-def lora_state(unet) -> dict[str, torch.Tensor]:
+def lora_state(unet: Any) -> dict[str, torch.Tensor]:
     """Only the adapter tensors, fp32 on CPU (Flower's ArrayRecord cannot carry bf16)."""
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
 
 
-def load_lora_state(unet, state: Mapping[str, torch.Tensor]) -> None:
+def load_lora_state(unet: Any, state: Mapping[str, torch.Tensor]) -> None:
     from peft import set_peft_model_state_dict
 
     expected = set(get_keys(unet))
@@ -142,7 +143,7 @@ def load_lora_state(unet, state: Mapping[str, torch.Tensor]) -> None:
         raise ValueError(f"LoRA state has keys the UNet does not accept: {unexpected[:3]}")
 
 
-def get_keys(unet) -> list[str]:
+def get_keys(unet: Any) -> list[str]:
     from peft import get_peft_model_state_dict
 
     return list(get_peft_model_state_dict(unet))
@@ -173,8 +174,14 @@ def save_view(path: str | Path, view: ModelView) -> Path:
     """A ModelView as one safetensors file (``lora/<key>``, ``delta/<module>``), float32."""
     from safetensors.torch import save_file
 
-    tensors = {_LORA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous() for k, v in (view.lora or {}).items()}
-    tensors |= {_DELTA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous() for k, v in (view.deltas or {}).items()}
+    tensors = {
+        _LORA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous()
+        for k, v in (view.lora or {}).items()
+    }
+    tensors |= {
+        _DELTA + k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous()
+        for k, v in (view.deltas or {}).items()
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"has_lora": str(view.lora is not None)})
@@ -190,6 +197,6 @@ def load_view(path: str | Path) -> ModelView:
     with safe_open(str(path), framework="pt") as fh:
         keys = list(fh.keys())
         has_lora = (fh.metadata() or {}).get("has_lora") == "True"
-        lora = {k[len(_LORA):]: fh.get_tensor(k).numpy() for k in keys if k.startswith(_LORA)}
-        deltas = {k[len(_DELTA):]: fh.get_tensor(k).double().numpy() for k in keys if k.startswith(_DELTA)}
+        lora = {k[len(_LORA) :]: fh.get_tensor(k).numpy() for k in keys if k.startswith(_LORA)}
+        deltas = {k[len(_DELTA) :]: fh.get_tensor(k).double().numpy() for k in keys if k.startswith(_DELTA)}
     return ModelView(lora=lora if has_lora else None, deltas=deltas or None)

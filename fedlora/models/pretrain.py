@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ from .tiny import TinyLDMSpec, build_tiny_pipeline
 KL_WEIGHT = 1e-6
 
 
-def _train_vae(vae, images: np.ndarray, steps: int, batch_size: int, lr: float, rng: np.random.Generator) -> list[float]:
+def _train_vae(
+    vae: Any, images: np.ndarray, steps: int, batch_size: int, lr: float, rng: np.random.Generator
+) -> list[float]:
     vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     losses = []
@@ -43,13 +46,17 @@ def _train_vae(vae, images: np.ndarray, steps: int, batch_size: int, lr: float, 
     return losses
 
 
-def _train_denoiser(pipe, latents: torch.Tensor, captions: list[str], cfg: ExperimentConfig, rng: np.random.Generator) -> list[float]:
+def _train_denoiser(
+    pipe: Any, latents: torch.Tensor, captions: list[str], cfg: ExperimentConfig, rng: np.random.Generator
+) -> list[float]:
     p = cfg.pretrain
     unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
     unet.train().requires_grad_(True)
     te.train().requires_grad_(True)
     sched = training_scheduler(pipe)
-    ids = tok(captions, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt").input_ids
+    ids = tok(
+        captions, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
+    ).input_ids
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=p.unet_learning_rate, weight_decay=1e-2)
@@ -86,7 +93,14 @@ def pretrain(cfg: ExperimentConfig, command: str = "") -> Path:
     public = public_subset(load_dataset(cfg.data), cfg.data)
     spec = TinyLDMSpec(image_size=cfg.data.image_size)
     pipe = build_tiny_pipeline(spec, seed=cfg.pretrain.seed)
-    vae_losses = _train_vae(pipe.vae, public.images, cfg.pretrain.vae_steps, cfg.pretrain.vae_batch_size, cfg.pretrain.vae_learning_rate, rng)
+    vae_losses = _train_vae(
+        pipe.vae,
+        public.images,
+        cfg.pretrain.vae_steps,
+        cfg.pretrain.vae_batch_size,
+        cfg.pretrain.vae_learning_rate,
+        rng,
+    )
     pipe.vae.register_to_config(scaling_factor=1.0)
     raw = encode_images(pipe.vae, public.images)
     scaling = float(1.0 / raw.std())

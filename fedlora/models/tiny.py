@@ -12,6 +12,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_CHARS = string.ascii_lowercase + string.digits + "-'.,:&!()"
 MAX_TOKENS = 48
@@ -42,7 +43,7 @@ def char_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer():
+def build_tokenizer() -> Any:
     """A CLIPTokenizer over single characters: any caption tokenizes, nothing is fetched."""
     from transformers import CLIPTokenizer
 
@@ -53,7 +54,7 @@ def build_tokenizer():
         return CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
 
 
-def build_tiny_pipeline(spec: TinyLDMSpec = TinyLDMSpec(), seed: int = 0):
+def build_tiny_pipeline(spec: TinyLDMSpec = TinyLDMSpec(), seed: int = 0) -> Any:
     """Randomly initialised pipeline with the given architecture (weights come from pretraining)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel

@@ -8,7 +8,7 @@ a flat ``{name: tensor}`` dict so that Flower's ``context.state`` can keep it ac
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

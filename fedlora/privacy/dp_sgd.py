@@ -13,9 +13,10 @@ import functools
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def history_to_array(history: Sequence[HistoryEvent]) -> np.ndarray:
     return arr.reshape(len(history), 3)
 
 
-def history_from_array(arr) -> list[HistoryEvent]:
+def history_from_array(arr: Any) -> list[HistoryEvent]:
     a = np.asarray(arr, dtype=np.float64)
     if a.size == 0:
         return []
@@ -95,7 +96,7 @@ def epsilon_for(history: Sequence[HistoryEvent], delta: float) -> float:
     return float(_accountant(history).get_epsilon(delta=delta))
 
 
-def _cleanup(unet, hooks, params: list[torch.nn.Parameter]) -> None:
+def _cleanup(unet: Any, hooks: Any, params: list[torch.nn.Parameter]) -> None:
     """Leave the caller's UNet a plain module again: no hooks, no Opacus attributes, no noisy grads."""
     if hooks is not None:
         hooks.cleanup()
@@ -123,7 +124,7 @@ def _hooks_class():
 
     conv_sampler = GradSampleHooks.GRAD_SAMPLERS[torch.nn.Conv2d]
 
-    def contiguous_conv_sampler(layer, activations, backprops):
+    def contiguous_conv_sampler(layer: Any, activations: Any, backprops: Any):
         return conv_sampler(layer, [a.contiguous() for a in activations], backprops.contiguous())
 
     class Hooks(GradSampleHooks):
@@ -133,7 +134,7 @@ def _hooks_class():
 
 
 @contextmanager
-def per_sample_grad_hooks(unet) -> Iterator[list[torch.nn.Parameter]]:
+def per_sample_grad_hooks(unet: Any) -> Iterator[list[torch.nn.Parameter]]:
     """Opacus hooks on the trainable parameters, removed on exit (also on error).
 
     ``loss_reduction="sum"``: backpropagate the *sum* of per-sample losses and each
@@ -152,8 +153,8 @@ def per_sample_grad_hooks(unet) -> Iterator[list[torch.nn.Parameter]]:
 
 
 def train_lora_dp(
-    unet,
-    scheduler,
+    unet: Any,
+    scheduler: Any,
     latents: torch.Tensor,
     cond: torch.Tensor,
     *,
@@ -212,7 +213,7 @@ def train_lora_dp(
                 batch_sizes.append(b)
                 if b == 0:  # what Opacus' empty-batch collate leads to: zero clipped sum, noise only
                     for p in params:
-                        p.grad_sample = p.new_zeros((0, *p.shape))
+                        p.grad_sample = p.new_zeros((0, *p.shape))  # type: ignore[attr-defined]  # Opacus's
                     losses.append(float("nan"))
                 else:
                     z, c = latents[idx].to(device), cond[idx].to(device)

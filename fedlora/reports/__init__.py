@@ -22,5 +22,18 @@ def write_reports(run_dir: str | Path) -> tuple[Path, Path]:
     return write_markdown_report(folder), write_html_report(folder)
 
 
-__all__ = ["Communication", "Metrics", "Privacy", "RunFolder", "RunSummary", "Timing", "compare_runs", "load_summary",
-           "render_html", "render_markdown", "write_html_report", "write_markdown_report", "write_reports"]
+__all__ = [
+    "Communication",
+    "Metrics",
+    "Privacy",
+    "RunFolder",
+    "RunSummary",
+    "Timing",
+    "compare_runs",
+    "load_summary",
+    "render_html",
+    "render_markdown",
+    "write_html_report",
+    "write_markdown_report",
+    "write_reports",
+]

@@ -7,15 +7,13 @@ FPR the non-members cannot resolve is "n/m" rather than a number, the legend, th
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any
 
 from ..evaluation.leakage import LOW_FPRS
 from ..registry import ATTACKS, Entry
-
-if TYPE_CHECKING:
-    from .summary import Metrics, Privacy
+from .summary import Metrics, Privacy, as_number
 
 
 @dataclass(frozen=True)
@@ -37,17 +35,12 @@ LEAKAGE_COLUMNS = (
 )
 COLUMN = {c.key: c for c in LEAKAGE_COLUMNS}
 
-LEGEND = ("ASR: accuracy at the attack's chosen threshold. |AUC−0.5|/0.5 counts an inverted signal as leakage too. "
-          "TPR at a fixed FPR: the largest TPR on the ROC curve whose FPR does not exceed it. AUC brackets, where "
-          "recorded: confidence interval.")
-NOT_MEASURABLE = ("with n non-members the smallest non-zero FPR is 1/n, so TPR at FPR x needs n ≥ 1/x non-members")
-
-
-def as_number(value: Any) -> float | None:
-    """A real number, or None for missing/None/NaN/inf/non-numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+LEGEND = (
+    "ASR: accuracy at the attack's chosen threshold. |AUC−0.5|/0.5 counts an inverted signal as leakage too. "
+    "TPR at a fixed FPR: the largest TPR on the ROC curve whose FPR does not exceed it. AUC brackets, where "
+    "recorded: confidence interval."
+)
+NOT_MEASURABLE = "with n non-members the smallest non-zero FPR is 1/n, so TPR at FPR x needs n ≥ 1/x non-members"
 
 
 def fmt(value: Any, spec: str = ".3f", missing: str = "n/a") -> str:
@@ -166,24 +159,27 @@ def _row(target: str, attack: str, metrics: Metrics, unrecorded: tuple[Column, .
     if message and metrics.number("auc") is None and metrics.number("asr") is None:
         cells = (Cell(None, why=message),) + (Cell(None),) * (len(LEAKAGE_COLUMNS) - 1)
         return LeakageRow(target, attack, cells, details_text(metrics), error=message)
-    return LeakageRow(target, attack, tuple(_cell(metrics, c, unrecorded) for c in LEAKAGE_COLUMNS),
-                      details_text(metrics))
+    return LeakageRow(
+        target, attack, tuple(_cell(metrics, c, unrecorded) for c in LEAKAGE_COLUMNS), details_text(metrics)
+    )
 
 
 def _mean_row(attack: str, entries: list[Metrics]) -> LeakageRow:
     cells = []
     for column in LEAKAGE_COLUMNS:
-        vals = [auc_deviation(m) if column.key == "auc_dev" else m.number(column.key) for m in entries]
-        vals = [v for v in vals if v is not None]
+        found = (auc_deviation(m) if column.key == "auc_dev" else m.number(column.key) for m in entries)
+        vals = [v for v in found if v is not None]
         if not vals:
             unmeasurable = all(unresolvable(m, column.key) for m in entries)
-            cells.append(Cell(None, why="not measurable for any client" if unmeasurable else "",
-                              unmeasurable=unmeasurable))
+            cells.append(
+                Cell(None, why="not measurable for any client" if unmeasurable else "", unmeasurable=unmeasurable)
+            )
         elif column.spec == "d":
             cells.append(Cell(fmt(sum(vals), "d")))
         else:  # "(k)": only k of the clients had this number
-            cells.append(Cell(fmt(sum(vals) / len(vals), column.spec),
-                              f"({len(vals)})" if len(vals) != len(entries) else ""))
+            cells.append(
+                Cell(fmt(sum(vals) / len(vals), column.spec), f"({len(vals)})" if len(vals) != len(entries) else "")
+            )
     return LeakageRow("all clients", attack, tuple(cells), f"mean over {len(entries)} clients (n summed)", mean=True)
 
 
@@ -196,16 +192,21 @@ def attack_notes(names: Iterable[str]) -> tuple[Entry, ...]:
 def leakage_table(privacy: Privacy) -> LeakageTable:
     clients = by_client_id(privacy.clients)
     entries = [*privacy.global_model.values(), *(m for c in clients for m in privacy.clients[c].values())]
-    unrecorded = tuple(c for c in LEAKAGE_COLUMNS
-                       if entries and c.key != "auc_dev" and not any(c.key in m for m in entries))
+    unrecorded = tuple(
+        c for c in LEAKAGE_COLUMNS if entries and c.key != "auc_dev" and not any(c.key in m for m in entries)
+    )
     names = privacy.attack_names()
     client_rows = [_row(f"client {c}", a, m, unrecorded) for c in clients for a, m in privacy.clients[c].items()]
     for a in names:
         per_client = [privacy.clients[c][a] for c in clients if a in privacy.clients[c]]
         if per_client:
             client_rows.append(_mean_row(a, per_client))
-    return LeakageTable(tuple(_row("global", a, m, unrecorded) for a, m in privacy.global_model.items()),
-                        tuple(client_rows), unrecorded, attack_notes(names))
+    return LeakageTable(
+        tuple(_row("global", a, m, unrecorded) for a, m in privacy.global_model.items()),
+        tuple(client_rows),
+        unrecorded,
+        attack_notes(names),
+    )
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,12 @@ def dp_guarantee(dp: Metrics | None) -> DpGuarantee:
         return DpGuarantee(recorded=False)
     mechanism = dp.get("mechanism", "unknown")
     return DpGuarantee(
-        recorded=True, mechanism="none" if mechanism is None else str(mechanism), epsilon=dp.number("epsilon"),
-        delta=dp.number("delta"), heuristic=dp.get("formal") is False, note=str(dp.get("note") or ""),
+        recorded=True,
+        mechanism="none" if mechanism is None else str(mechanism),
+        epsilon=dp.number("epsilon"),
+        delta=dp.number("delta"),
+        heuristic=dp.get("formal") is False,
+        note=str(dp.get("note") or ""),
         params=tuple((str(k), fmt(v, ".4g")) for k, v in dp.items() if k not in _DP_SHOWN),
         per_client=tuple((f"client {c}", fmt(v, ".3f")) for c, v in dp.block("epsilon_per_client").items()),
     )

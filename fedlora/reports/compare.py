@@ -5,9 +5,9 @@ Only ``summary.json`` is read, so runs of any age compare; a number a run lacks 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..outputs import COMPARISON_TABLE, PRIVACY_QUALITY_FIGURE
 from .columns import COLUMN, auc_deviation, dp_guarantee, fmt
@@ -32,8 +32,9 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     depth = [1] * len(paths)
     while True:
         labels = ["/".join(p.resolve().parts[-d:]) for p, d in zip(paths, depth)]
-        clash = [i for i, lab in enumerate(labels)
-                 if labels.count(lab) > 1 and depth[i] < len(paths[i].resolve().parts)]
+        clash = [
+            i for i, lab in enumerate(labels) if labels.count(lab) > 1 and depth[i] < len(paths[i].resolve().parts)
+        ]
         if not clash:
             return labels
         for i in clash:
@@ -48,8 +49,8 @@ def leakage(summary: RunSummary) -> float | None:
 
 def client_mean_asr(summary: RunSummary, attack: str = CLIENT_ATTACK) -> tuple[float | None, int]:
     """Mean ASR of ``attack`` over the client updates, and over how many clients."""
-    vals = [c[attack].number("asr") for c in summary.privacy.clients.values() if attack in c]
-    vals = [v for v in vals if v is not None]
+    found = (c[attack].number("asr") for c in summary.privacy.clients.values() if attack in c)
+    vals = [v for v in found if v is not None]
     return (sum(vals) / len(vals), len(vals)) if vals else (None, 0)
 
 
@@ -77,8 +78,14 @@ def _row(run: ComparedRun, attacks: list[str]) -> list[str]:
     kid, kid_std = fmt(q.number("kid"), ".4f", DASH), q.number("kid_std")
     if kid != DASH and kid_std is not None:
         kid += f" ± {kid_std:.4f}"
-    row = [run.name, *(DASH if v is None else str(v) for v in (s.method, s.aggregation, s.num_clients, s.rounds)),
-           dp_cell(s), kid, fmt(q.number("fid"), ".2f", DASH), fmt(q.number("caption_accuracy"), ".3f", DASH)]
+    row = [
+        run.name,
+        *(DASH if v is None else str(v) for v in (s.method, s.aggregation, s.num_clients, s.rounds)),
+        dp_cell(s),
+        kid,
+        fmt(q.number("fid"), ".2f", DASH),
+        fmt(q.number("caption_accuracy"), ".3f", DASH),
+    ]
     for a in attacks:
         m = s.privacy.global_model.get(a, Metrics())
         row += [fmt(m.number("asr"), ".3f", DASH), fmt(auc_deviation(m), ".3f", DASH)]
@@ -95,8 +102,9 @@ def _plot(runs: Sequence[ComparedRun], path: Path) -> list[str]:
         if r.name in xs and y is not None:
             points.append((r.name, xs[r.name], y, xerr.get(r.name)))
         else:
-            missing = [what for what, ok in ((metric, r.name in xs), ("attack on the global model", y is not None))
-                       if not ok]
+            missing = [
+                what for what, ok in ((metric, r.name in xs), ("attack on the global model", y is not None)) if not ok
+            ]
             notes.append(f"{r.name}: no {' and no '.join(missing)}")
     plot_privacy_quality(path, points, metric=metric, xlabel=xlabel, n_runs=len(runs), notes=notes)
     return notes
@@ -120,6 +128,16 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
     figure_path, table_path = out / PRIVACY_QUALITY_FIGURE, out / COMPARISON_TABLE
     notes = _plot(runs, figure_path)
     metric, xlabel, _, _ = quality_axis(runs)
-    table_path.write_text(render("comparison.md.j2", runs=runs, header=header, rows=[_row(r, attacks) for r in runs],
-                                 client_attack=CLIENT_ATTACK, metric=metric, xlabel=xlabel, notes=notes))
+    table_path.write_text(
+        render(
+            "comparison.md.j2",
+            runs=runs,
+            header=header,
+            rows=[_row(r, attacks) for r in runs],
+            client_attack=CLIENT_ATTACK,
+            metric=metric,
+            xlabel=xlabel,
+            notes=notes,
+        )
+    )
     return table_path, figure_path

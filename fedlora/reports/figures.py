@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,10 @@ def plot_training(path: str | Path, rows: list[dict]) -> None:
     axes[1].set_ylabel("client local training loss (objective)")
     axes[1].set_title("each dot: one client's round")
     if has_attacker:
-        for key, label, style in (("attacker_acc", "on its aux training batches", "o-"),
-                                  ("attacker_test_acc", "on the client's D_te", "s--")):
+        for key, label, style in (
+            ("attacker_acc", "on its aux training batches", "o-"),
+            ("attacker_test_acc", "on the client's D_te", "s--"),
+        ):
             xs, ys = _client_series(rows, key)
             axes[2].plot(xs, ys, style, label=label)
         axes[2].axhline(0.5, color="grey", lw=0.8)
@@ -85,18 +88,37 @@ def plot_roc(path: str | Path, results: Mapping[str, Any]) -> None:
     plt.close(fig)
 
 
-def plot_privacy_quality(path: str | Path, points: Sequence[tuple[str, float, float, float | None]], *,
-                         metric: str, xlabel: str, n_runs: int, notes: Sequence[str]) -> None:
+def plot_privacy_quality(
+    path: str | Path,
+    points: Sequence[tuple[str, float, float, float | None]],
+    *,
+    metric: str,
+    xlabel: str,
+    n_runs: int,
+    notes: Sequence[str],
+) -> None:
     """One labelled point per run (name, quality x, leakage y, x error); ``notes`` name the runs left out."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, x, y, err in points:
         ax.errorbar([x], [y], xerr=None if err is None else [err], fmt="o", capsize=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8,
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.75, lw=0))
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", alpha=0.75, lw=0),
+        )
     if not points:
-        ax.text(0.5, 0.5, f"no run has both {metric} and an attack on the global model",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no run has both {metric} and an attack on the global model",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("leakage: max |AUC−0.5|/0.5 over attacks (global model)")

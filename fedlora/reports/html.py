@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import REPORT_HTML, ROC_FIGURE, SAMPLES_FILE, TRAINING_FIGURE
-from .columns import Cell, as_number, fmt
+from .columns import Cell, fmt
 from .folder import RunFolder
 from .sections import Sections, Table
-from .summary import RunSummary
+from .summary import RunSummary, as_number
 from .templating import render
 
 _SIGNATURES = (
@@ -64,8 +64,14 @@ def inline_image(path: Path) -> Figure:
 def _meta(s: RunSummary) -> list[tuple[str, Any]]:
     """The header line: the run's identity always, the rest where recorded."""
     items: list[tuple[str, Any]] = [
-        ("method", s.method), ("aggregation", s.aggregation), ("clients", s.num_clients), ("rounds", s.rounds),
-        ("seed", s.seed), ("dataset", s.dataset), ("base", s.base_model), ("adapter rank", s.adapter_rank),
+        ("method", s.method),
+        ("aggregation", s.aggregation),
+        ("clients", s.num_clients),
+        ("rounds", s.rounds),
+        ("seed", s.seed),
+        ("dataset", s.dataset),
+        ("base", s.base_model),
+        ("adapter rank", s.adapter_rank),
     ]
     if s.client_ranks and len(set(map(str, s.client_ranks))) > 1:
         items.append(("client ranks", ", ".join(map(str, s.client_ranks))))
@@ -92,8 +98,14 @@ def render_html(folder: RunFolder) -> str:
     if s is not None and s.timing is not None:
         timing = [(k.removesuffix("_s"), fmt(v, ".1f")) for k, v in s.timing.to_dict().items()]
     return render(
-        "report.html.j2", folder=folder, name=folder.dir.name, s=s, meta=[] if s is None else _meta(s),
-        sections=Sections.of(folder), communication=communication, timing=timing,
+        "report.html.j2",
+        folder=folder,
+        name=folder.dir.name,
+        s=s,
+        meta=[] if s is None else _meta(s),
+        sections=Sections.of(folder),
+        communication=communication,
+        timing=timing,
         figures={name: inline_image(folder.dir / name) for name in (TRAINING_FIGURE, ROC_FIGURE, SAMPLES_FILE)},
     )
 

@@ -13,8 +13,15 @@ from .templating import render
 def render_markdown(folder: RunFolder) -> str:
     """The report as a string (``write_markdown_report`` saves it)."""
     cfg = folder.config
-    return render("report.md.j2", folder=folder, s=folder.summary, cfg=cfg, sections=Sections.of(folder),
-                  title=folder.dir.name if cfg is None else cfg.run.name, first_round=(folder.metrics or [{}])[0])
+    return render(
+        "report.md.j2",
+        folder=folder,
+        s=folder.summary,
+        cfg=cfg,
+        sections=Sections.of(folder),
+        title=folder.dir.name if cfg is None else cfg.run.name,
+        first_round=(folder.metrics or [{}])[0],
+    )
 
 
 def write_markdown_report(run_dir: str | Path | RunFolder) -> Path:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from .columns import Cell, DpGuarantee, LeakageTable, as_number, by_client_id, dp_guarantee, fmt, leakage_table
+from .columns import Cell, DpGuarantee, LeakageTable, by_client_id, dp_guarantee, fmt, leakage_table
 from .folder import RunFolder
-from .summary import Metrics
+from .summary import Metrics, as_number
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _count(value: Any) -> int | None:
 def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
     """Sizes from splits.json as ``RunFolder`` reads it; sets this version does not know get a column too."""
     clients = splits["clients"]
-    labels = dict(SPLIT_COLUMNS)
+    labels: dict[str, str] = dict(SPLIT_COLUMNS)
     extra = sorted({k for c in clients.values() for k in c} - set(labels))
     keys = [k for k in labels if any(k in c for c in clients.values())] + extra
     rows, totals = [], {k: 0 for k in keys}
@@ -55,7 +56,8 @@ def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
     table = None
     if rows:
         rows.append(("all clients", *(str(totals[k]) for k in keys)))
-        table = Table(("client", *(labels.get(k, k) for k in keys)), tuple(rows), total=True)
+        header: tuple[str, ...] = ("client", *(labels[k] if k in labels else str(k) for k in keys))
+        table = Table(header, tuple(rows), total=True)
     facts = tuple((k, splits[k]) for k in ("dataset", "seed", "public_seed") if k in splits)
     return SplitSizes(_count(splits.get("public")), facts, table)
 
@@ -65,8 +67,8 @@ def round_epsilon(row: Mapping[str, Any]) -> float | None:
     eps = as_number(row.get("dp_epsilon"))
     if eps is not None:
         return eps
-    vals = [as_number(c.get("dp_epsilon")) for c in (row.get("clients") or {}).values() if isinstance(c, Mapping)]
-    vals = [v for v in vals if v is not None]
+    found = (as_number(c.get("dp_epsilon")) for c in (row.get("clients") or {}).values() if isinstance(c, Mapping))
+    vals = [v for v in found if v is not None]
     return max(vals) if vals else None
 
 
@@ -76,10 +78,15 @@ def round_table(rows: list[dict[str, Any]]) -> Table:
     header = ("round", "member loss", "non-member loss", "gap", "clients", "bytes up / client", "round s")
     body = []
     for r in rows:
-        line = (str(r.get("round", "?")), fmt(r.get("member_loss"), ".4f"), fmt(r.get("nonmember_loss"), ".4f"),
-                fmt(r.get("loss_gap"), "+.4f"), str(len(r.get("clients") or {})),
-                fmt(r.get("bytes_up_per_client"), ",.0f") if "bytes_up_per_client" in r else "—",
-                fmt(r.get("round_s"), ".1f") if "round_s" in r else "—")
+        line = (
+            str(r.get("round", "?")),
+            fmt(r.get("member_loss"), ".4f"),
+            fmt(r.get("nonmember_loss"), ".4f"),
+            fmt(r.get("loss_gap"), "+.4f"),
+            str(len(r.get("clients") or {})),
+            fmt(r.get("bytes_up_per_client"), ",.0f") if "bytes_up_per_client" in r else "—",
+            fmt(r.get("round_s"), ".1f") if "round_s" in r else "—",
+        )
         body.append(line + ((fmt(round_epsilon(r), ".3f"),) if has_eps else ()))
     return Table(header + (("DP ε",) if has_eps else ()), tuple(body))
 
@@ -100,8 +107,10 @@ def quality_table(q: Metrics) -> Table:
         rows += [(label, fmt(q[key], ".3f"), f"{n} captions") for key, label in CAPTION_ROWS if key in q]
         used |= {key for key, _ in CAPTION_ROWS} | {"caption_accuracy_n"}
     if "kid" in q or "fid" in q:
-        n_text = (f"{fmt(q.get('kid_fid_n_generated'), 'd')} generated vs "
-                  f"{fmt(q.get('kid_fid_n_reference'), 'd')} member images")
+        n_text = (
+            f"{fmt(q.get('kid_fid_n_generated'), 'd')} generated vs "
+            f"{fmt(q.get('kid_fid_n_reference'), 'd')} member images"
+        )
         sub = f", subsets of {fmt(q.get('kid_subset_size'), 'd')}" if "kid_subset_size" in q else ""
         if "kid" in q:
             kid = fmt(q.get("kid"), ".4f") + (f" ± {fmt(q.get('kid_std'), '.4f')}" if "kid_std" in q else "")

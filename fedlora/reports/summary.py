@@ -9,14 +9,20 @@ in ``extra`` so that rewriting a summary never drops it. Writing keeps today's k
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any
 
 from ..outputs import SUMMARY_FILE, RunOutputs
-from .columns import as_number
 
-S = TypeVar("S")
+
+def as_number(value: Any) -> float | None:
+    """A real number, or None for missing/None/NaN/inf/non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 class Metrics(dict[str, Any]):
@@ -60,7 +66,8 @@ def _join(obj: Any, **converted: Any) -> dict[str, Any]:
     return {**out, **obj.extra}
 
 
-def _flat(cls: type[S], data: Mapping[str, Any]) -> S:
+def _flat(cls: Any, data: Mapping[str, Any]) -> Any:
+    """A section of plain fields: its known keys, the rest in ``extra``."""
     known, extra = _split(cls, data)
     return cls(**known, extra=extra)
 
@@ -106,8 +113,10 @@ Attacks = dict[str, Metrics]  # attack name -> leakage_metrics' keys plus ``deta
 
 def _attacks(data: Mapping[str, Any]) -> Attacks:
     """A non-object entry cannot be read as metrics: it becomes an error the reports show."""
-    return {name: Metrics(m) if isinstance(m, Mapping) else Metrics(error=f"unexpected entry: {m!r}")
-            for name, m in data.items()}
+    return {
+        name: Metrics(m) if isinstance(m, Mapping) else Metrics(error=f"unexpected entry: {m!r}")
+        for name, m in data.items()
+    }
 
 
 @dataclass
@@ -125,13 +134,21 @@ class Privacy:
         known, extra = _split(cls, data, {"global_model": Mapping, "clients": Mapping, "dp": Mapping})
         # a client entry that is not an object has no attack to show
         clients = {str(c): _attacks(a) for c, a in known.pop("clients", {}).items() if isinstance(a, Mapping)}
-        return cls(global_model=_attacks(known.pop("global_model", {})), clients=clients,
-                   dp=Metrics(known.pop("dp")) if "dp" in known else None, **known, extra=extra)
+        return cls(
+            global_model=_attacks(known.pop("global_model", {})),
+            clients=clients,
+            dp=Metrics(known.pop("dp")) if "dp" in known else None,
+            **known,
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return _join(self, global_model={a: dict(m) for a, m in self.global_model.items()},
-                     clients={c: {a: dict(m) for a, m in attacks.items()} for c, attacks in self.clients.items()},
-                     dp=None if self.dp is None else dict(self.dp))
+        return _join(
+            self,
+            global_model={a: dict(m) for a, m in self.global_model.items()},
+            clients={c: {a: dict(m) for a, m in attacks.items()} for c, attacks in self.clients.items()},
+            dp=None if self.dp is None else dict(self.dp),
+        )
 
     def attack_names(self) -> list[str]:
         """Every attack name, global model first, in the order the summary lists them."""
@@ -162,10 +179,15 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
-        shapes = {"privacy": Mapping, "quality": Mapping, "timing": Mapping, "communication": Mapping,
-                  "client_ranks": list}
+        shapes = {
+            "privacy": Mapping,
+            "quality": Mapping,
+            "timing": Mapping,
+            "communication": Mapping,
+            "client_ranks": list,
+        }
         known, extra = _split(cls, data, shapes)
-        sections = {
+        sections: dict[str, Any] = {
             "privacy": Privacy.from_dict(known.pop("privacy", {})),
             "quality": Metrics(known.pop("quality", {})),
             "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
@@ -175,9 +197,13 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in summary.json's order (unknown keys last)."""
-        return _join(self, privacy=self.privacy.to_dict(), quality=dict(self.quality),
-                     timing=None if self.timing is None else self.timing.to_dict(),
-                     communication=None if self.communication is None else self.communication.to_dict())
+        return _join(
+            self,
+            privacy=self.privacy.to_dict(),
+            quality=dict(self.quality),
+            timing=None if self.timing is None else self.timing.to_dict(),
+            communication=None if self.communication is None else self.communication.to_dict(),
+        )
 
     def write(self, run_dir: str | Path) -> Path:
         """Atomically (temporary file, then replace); NaN and inf become null."""

@@ -25,8 +25,12 @@ ENV = jinja2.Environment(
 )
 ENV.filters.update(fmt=fmt, md=md_cell, na=lambda value: "n/a" if value is None else value)
 # the run folder's file names (outputs.CONFIG_FILE, ...) and the leakage table's columns and legend
-ENV.globals.update({k: v for k, v in vars(outputs).items() if k.isupper() and isinstance(v, str)},
-                   LEAKAGE_COLUMNS=LEAKAGE_COLUMNS, LEGEND=LEGEND, NOT_MEASURABLE=NOT_MEASURABLE)
+ENV.globals.update(
+    {k: v for k, v in vars(outputs).items() if k.isupper() and isinstance(v, str)},
+    LEAKAGE_COLUMNS=LEAKAGE_COLUMNS,
+    LEGEND=LEGEND,
+    NOT_MEASURABLE=NOT_MEASURABLE,
+)
 
 
 def render(template: str, **context: Any) -> str:

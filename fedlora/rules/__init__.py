@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from ..config import ExperimentConfig
 from ..registry import RULES
-from . import fedavg, ffa, flora, svd, fedsa  # noqa: F401  (registration)
+
+# The built-ins register in this order, the order configs and reports list them in.
+# isort: off
+from . import fedavg  # noqa: F401
+from . import ffa  # noqa: F401
+from . import flora  # noqa: F401
+from . import svd  # noqa: F401
+from . import fedsa  # noqa: F401
+
+# isort: on
 from .base import Arrays, ClientSetup, Rule, client_rank, client_scaling, factor, rules_with
 
 
@@ -29,5 +38,14 @@ def build_rule(cfg: ExperimentConfig) -> Rule:
     return rule_class(cfg.federation.aggregation)(cfg)
 
 
-__all__ = ["Arrays", "ClientSetup", "Rule", "build_rule", "client_rank", "client_scaling", "factor", "rule_class",
-           "rules_with"]
+__all__ = [
+    "Arrays",
+    "ClientSetup",
+    "Rule",
+    "build_rule",
+    "client_rank",
+    "client_scaling",
+    "factor",
+    "rule_class",
+    "rules_with",
+]

@@ -13,8 +13,9 @@ To add a rule: a module in this package with one ``Rule`` subclass registered in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 
@@ -88,8 +89,13 @@ class Rule(ABC):
     # ---- client half -------------------------------------------------------------------
 
     @abstractmethod
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         """The adapter to train from what arrived (``payload``) and what ``client_keep`` returned last
         round (empty in the first). ``init`` is the client's seeded initial adapter (the same A on
         every client of the same rank)."""
@@ -124,8 +130,12 @@ class Rule(ABC):
     def mark_sent(self, client_id: int) -> None:
         """Called once the payload is on its way (FLoRA counts what each client has merged)."""
 
-    def aggregate(self, uploads: Mapping[int, Mapping[str, np.ndarray]], weights: Mapping[int, float],
-                  eval_only: Mapping[int, Mapping[str, np.ndarray]] | None = None) -> None:
+    def aggregate(
+        self,
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: Mapping[int, float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]] | None = None,
+    ) -> None:
         """Fold one round's uploads (client id -> arrays) into the global state, in client-id order."""
         ids = sorted(uploads)
         if not ids:
@@ -133,8 +143,13 @@ class Rule(ABC):
         self.fold(ids, uploads, [float(weights[i]) for i in ids], eval_only or {})
 
     @abstractmethod
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         """``aggregate`` without the bookkeeping: ``ids`` sorted, ``weights`` aligned with them."""
 
     def carried(self) -> Arrays:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -12,20 +12,33 @@ from ..registry import RULES
 from .base import Arrays, ClientSetup, Rule
 
 
-@RULES.register("fedavg", reference="McMahan et al., AISTATS 2017; FedIT: Zhang et al., ICASSP 2024",
-                description="down A, B; clients train A, B; up A, B; the server averages A and B separately")
+@RULES.register(
+    "fedavg",
+    reference="McMahan et al., AISTATS 2017; FedIT: Zhang et al., ICASSP 2024",
+    description="down A, B; clients train A, B; up A, B; the server averages A and B separately",
+)
 class FedAvg(Rule):
     global_is_carried = True
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         return ClientSetup(dict(payload))
 
     def payload(self, client_id: int) -> Arrays:
         return dict(self.global_lora)
 
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         self.global_lora = agg.fedavg([uploads[i] for i in ids], weights)
         self.views.update({i: ModelView(lora=dict(uploads[i])) for i in ids})
 

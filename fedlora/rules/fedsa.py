@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -12,13 +12,21 @@ from ..registry import RULES
 from .base import Arrays, ClientSetup, Rule, factor
 
 
-@RULES.register("fedsa", reference="Guo et al., ICLR 2025",
-                description="down A; clients train A, B; up A; each client keeps its own B")
+@RULES.register(
+    "fedsa",
+    reference="Guo et al., ICLR 2025",
+    description="down A; clients train A, B; up A; each client keeps its own B",
+)
 class FedSA(Rule):
     upload = ("A",)
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         b = factor(kept, "B") or factor(init, "B")
         return ClientSetup({**factor(payload, "A"), **b})
 
@@ -36,8 +44,13 @@ class FedSA(Rule):
     def payload(self, client_id: int) -> Arrays:
         return factor(self.global_lora, "A")
 
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         self.global_lora = {**agg.fedsa([uploads[i] for i in ids], weights), **factor(self.global_lora, "B")}
         if any(not factor(eval_only.get(i, {}), "B") for i in ids):
             return

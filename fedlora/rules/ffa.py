@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -12,21 +12,34 @@ from ..registry import RULES
 from .base import Arrays, ClientSetup, Rule, factor
 
 
-@RULES.register("ffa", reference="Sun et al., ICLR 2024",
-                description="down B (A is the run seed's); clients train B; up B; mean of B = the exact mean update")
+@RULES.register(
+    "ffa",
+    reference="Sun et al., ICLR 2024",
+    description="down B (A is the run seed's); clients train B; up B; mean of B = the exact mean update",
+)
 class FFA(Rule):
     train_a = False
     upload = ("B",)
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         return ClientSetup({**factor(init, "A"), **factor(payload, "B")})
 
     def payload(self, client_id: int) -> Arrays:
         return factor(self.global_lora, "B")
 
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         a = factor(self.global_lora, "A")
         states = [{**a, **factor(uploads[i], "B")} for i in ids]
         self.global_lora = agg.ffa(states, weights)

@@ -3,7 +3,7 @@ their base weights and restart a fresh LoRA each round (clients may train differ
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -13,15 +13,23 @@ from ..registry import RULES
 from .base import Arrays, ClientSetup, Rule, client_scaling
 
 
-@RULES.register("flora", reference="Wang et al., NeurIPS 2024",
-                description="down the stacked A, B of the clients; clients merge them into the base and train a "
-                            "fresh A, B; up A, B; heterogeneous ranks")
+@RULES.register(
+    "flora",
+    reference="Wang et al., NeurIPS 2024",
+    description="down the stacked A, B of the clients; clients merge them into the base and train a "
+    "fresh A, B; up A, B; heterogeneous ranks",
+)
 class FLoRA(Rule):
     fresh_lora = True
     heterogeneous_ranks = True
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         merged = {k: np.array(v, dtype=np.float64) for k, v in kept.items()}
         for prefix, delta in (agg.delta_weights(payload) if payload else {}).items():
             merged[prefix] = merged[prefix] + delta if prefix in merged else delta
@@ -39,14 +47,19 @@ class FLoRA(Rule):
 
     def payload(self, client_id: int) -> Arrays:
         # every stack this client has not merged yet, concatenated (their sum, exactly)
-        pending = self.stacks[self.delivered.get(client_id, 0):]
+        pending = self.stacks[self.delivered.get(client_id, 0) :]
         return agg.concat_ranks(pending) if pending else {}
 
     def mark_sent(self, client_id: int) -> None:
         self.delivered[client_id] = len(self.stacks)
 
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         states = [uploads[i] for i in ids]
         scalings = [client_scaling(self.cfg, i) for i in ids]
         before = {p: d.copy() for p, d in self.dense.items()}

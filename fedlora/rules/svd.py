@@ -3,7 +3,7 @@ rank-rₖ SVD truncation (clients may train different ranks)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -13,14 +13,21 @@ from ..registry import RULES
 from .base import Arrays, ClientSetup, Rule, client_rank, client_scaling
 
 
-@RULES.register("svd", reference="Bai et al. (FlexLoRA), NeurIPS 2024",
-                description="down the rank-rₖ SVD of the mean update; clients train A, B; up A, B; heterogeneous "
-                            "ranks")
+@RULES.register(
+    "svd",
+    reference="Bai et al. (FlexLoRA), NeurIPS 2024",
+    description="down the rank-rₖ SVD of the mean update; clients train A, B; up A, B; heterogeneous ranks",
+)
 class SvdRefactor(Rule):
     heterogeneous_ranks = True
 
-    def client_setup(self, client_id: int, payload: Mapping[str, np.ndarray], kept: Mapping[str, np.ndarray],
-                     init: Mapping[str, np.ndarray]) -> ClientSetup:
+    def client_setup(
+        self,
+        client_id: int,
+        payload: Mapping[str, np.ndarray],
+        kept: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+    ) -> ClientSetup:
         return ClientSetup(agg.fill_dead_directions(payload, init))
 
     def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
@@ -38,8 +45,13 @@ class SvdRefactor(Rule):
             )[0]
         return self._payloads[rank]
 
-    def fold(self, ids: list[int], uploads: Mapping[int, Mapping[str, np.ndarray]], weights: list[float],
-             eval_only: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def fold(
+        self,
+        ids: list[int],
+        uploads: Mapping[int, Mapping[str, np.ndarray]],
+        weights: list[float],
+        eval_only: Mapping[int, Mapping[str, np.ndarray]],
+    ) -> None:
         self._payloads = {}
         states = [uploads[i] for i in ids]
         scalings = [client_scaling(self.cfg, i) for i in ids]

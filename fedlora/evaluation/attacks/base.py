@@ -8,22 +8,17 @@ D_te is scored once, after the choice. Scores are "higher = member".
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ...config import EvaluationConfig
+from ...models.diffusion import SampleSet
 from ...privacy.attacker import membership_labels
 from ..leakage import leakage_metrics, roc_points
-
-
-class SampleSet(Protocol):
-    latents: torch.Tensor
-    cond: torch.Tensor
-
-    def __len__(self) -> int: ...
 
 
 @dataclass

@@ -15,7 +15,8 @@ sign would report as "no leakage". So by default (``evaluation.diffusion_attack_
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch

@@ -6,7 +6,8 @@ the diffusion loss of any sample through it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,14 @@ def gradient_norm_features(
             p.requires_grad_(n in wanted)
         with eval_mode(unet), torch.enable_grad():
             device, dtype = device_of(unet)
-            bar = tqdm(range(len(samples)), desc="gradient-norm", unit="sample", leave=False, mininterval=2.0,
-                       disable=not progress or len(samples) * len(ts) < 2000)
+            bar = tqdm(
+                range(len(samples)),
+                desc="gradient-norm",
+                unit="sample",
+                leave=False,
+                mininterval=2.0,
+                disable=not progress or len(samples) * len(ts) < 2000,
+            )
             for i in bar:
                 x0 = samples.latents[i].float().cpu().expand(len(ts), *samples.latents.shape[1:])
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise[i]
@@ -84,7 +91,11 @@ def _log_norms(features: np.ndarray) -> np.ndarray:
 
 
 def gradient_norm_attack(
-    model: DiffusionModel, sets: AttackSets, timesteps: Sequence[int], seed: int, progress: bool = True,
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int],
+    seed: int,
+    progress: bool = True,
     key: str = "evaluation.gradient_norm_timesteps",
 ) -> AttackResult:
     """Logistic regression on log LoRA-gradient norms, trained on D_aux.
@@ -107,13 +118,23 @@ def gradient_norm_attack(
     clf = _classifier(seed).fit(x_aux, aux_member)
     test, test_member = labelled(sets.member_test, sets.nonmember_test)
     x_test = _log_norms(gradient_norm_features(model, test, ts, seed + 1, progress))
-    return attack_result(clf.decision_function(x_test), test_member, threshold, aux_cv_auc=auc(oof, aux_member),
-                         n_features=float(x_aux.shape[1]), n_timesteps=float(len(ts)), cv_folds=float(folds))
+    return attack_result(
+        clf.decision_function(x_test),
+        test_member,
+        threshold,
+        aux_cv_auc=auc(oof, aux_member),
+        n_features=float(x_aux.shape[1]),
+        n_timesteps=float(len(ts)),
+        cv_folds=float(folds),
+    )
 
 
-@ATTACKS.register("gradient-norm", reference="Pang et al., arXiv 2308.06405 (GSA)",
-                  description="white box: logistic regression (fit on D_aux) on the per-LoRA-tensor norms of the "
-                              "diffusion-loss gradient — what an honest-but-curious server holding an update can "
-                              "compute")
+@ATTACKS.register(
+    "gradient-norm",
+    reference="Pang et al., arXiv 2308.06405 (GSA)",
+    description="white box: logistic regression (fit on D_aux) on the per-LoRA-tensor norms of the "
+    "diffusion-loss gradient — what an honest-but-curious server holding an update can "
+    "compute",
+)
 def gradient_norm(ctx: AttackContext) -> AttackResult:
     return gradient_norm_attack(ctx.target, ctx.sets, ctx.cfg.gradient_norm_timesteps, ctx.seed + SEED_OFFSET)

@@ -14,7 +14,7 @@ selections share each epoch's draws, which halves the UNet cost, so they train t
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from ...config import EvaluationConfig
 from ...privacy.attacker import MembershipMLP, membership_labels
 from ...registry import ATTACKS
 from ..leakage import best_threshold
-from .base import AttackContext, AttackResult, AttackSets, AttackTarget, SampleSet, Samples, attack_result
+from .base import AttackContext, AttackResult, AttackSets, AttackTarget, Samples, SampleSet, attack_result
 
 PAPER, HONEST = "learned-mlp-paper", "learned-mlp"
 REFERENCE = "Luo et al., AAAI 2025 (arXiv 2402.11989), Sec. 5"
@@ -38,9 +38,13 @@ class _MlpRun:
     def __init__(self, in_features: int, cfg: EvaluationConfig, seed: int):
         torch.manual_seed(seed)
         self.model = MembershipMLP(in_features)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.attack_learning_rate, weight_decay=cfg.attack_weight_decay)
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.attack_learning_rate, weight_decay=cfg.attack_weight_decay
+        )
 
-    def train_epoch(self, member_maps: torch.Tensor, nonmember_maps: torch.Tensor, batch: int, gen: torch.Generator) -> None:
+    def train_epoch(
+        self, member_maps: torch.Tensor, nonmember_maps: torch.Tensor, batch: int, gen: torch.Generator
+    ) -> None:
         """Balanced batches of ``batch`` members + ``batch`` non-members; the smaller side is resampled."""
         self.model.train()
         n = max(len(member_maps), len(nonmember_maps))
@@ -72,7 +76,11 @@ def _split_val(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Ten
 
 
 def learned_mlp_attacks(
-    model: AttackTarget, sets: AttackSets, cfg: EvaluationConfig, seed: int, want: Sequence[str] = (PAPER, HONEST),
+    model: AttackTarget,
+    sets: AttackSets,
+    cfg: EvaluationConfig,
+    seed: int,
+    want: Sequence[str] = (PAPER, HONEST),
     desc: str = "attack",
 ) -> dict[str, AttackResult]:
     """Train h′ for ``cfg.attack_epochs`` epochs; return the paper's and/or the honest selection."""
@@ -115,8 +123,15 @@ def learned_mlp_attacks(
         aucs = np.array([h[0] for h in honest_history])
         best = int(np.flatnonzero(aucs == aucs.max())[-1])
         val_auc, val_acc, threshold, scores = honest_history[best]
-        out[HONEST] = attack_result(scores, test_member, threshold, epoch=float(best + 1), val_auc=val_auc,
-                                    val_accuracy=val_acc, n_val=float(len(val_member)))
+        out[HONEST] = attack_result(
+            scores,
+            test_member,
+            threshold,
+            epoch=float(best + 1),
+            val_auc=val_auc,
+            val_accuracy=val_acc,
+            n_val=float(len(val_member)),
+        )
     return out
 
 
@@ -131,14 +146,19 @@ def _both(ctx: AttackContext, key: str) -> AttackResult:
     return results[key]
 
 
-@ATTACKS.register(PAPER, reference=REFERENCE,
-                  description="MLP on loss maps, trained on D_aux; epoch picked by test ASR (the paper's optimistic "
-                              "selection)")
+@ATTACKS.register(
+    PAPER,
+    reference=REFERENCE,
+    description="MLP on loss maps, trained on D_aux; epoch picked by test ASR (the paper's optimistic selection)",
+)
 def learned_mlp_paper(ctx: AttackContext) -> AttackResult:
     return _both(ctx, PAPER)
 
 
-@ATTACKS.register(HONEST, reference=REFERENCE,
-                  description="the same MLP; epoch and threshold picked on held-out aux data, applied once to D_te")
+@ATTACKS.register(
+    HONEST,
+    reference=REFERENCE,
+    description="the same MLP; epoch and threshold picked on held-out aux data, applied once to D_te",
+)
 def learned_mlp(ctx: AttackContext) -> AttackResult:
     return _both(ctx, HONEST)

@@ -11,8 +11,8 @@ import torch
 
 from ...privacy.attacker import membership_labels
 from ...registry import ATTACKS
-from .base import AttackContext, AttackResult, AttackSets, AttackTarget, SampleSet, attack_result
 from ..leakage import best_threshold
+from .base import AttackContext, AttackResult, AttackSets, AttackTarget, SampleSet, attack_result
 
 SEED_OFFSET = 7  # this attack's own draws: the audit seed + 7
 
@@ -28,7 +28,10 @@ def loss_threshold_attack(model: AttackTarget, sets: AttackSets, draws: int, see
     return attack_result(test_scores, test_member, threshold, draws=float(draws))
 
 
-@ATTACKS.register("loss-threshold", reference="Yeom et al., CSF 2018; Matsumoto et al., SPW 2023",
-                  description="mean denoising loss over several (t, ε) draws; threshold chosen on D_aux")
+@ATTACKS.register(
+    "loss-threshold",
+    reference="Yeom et al., CSF 2018; Matsumoto et al., SPW 2023",
+    description="mean denoising loss over several (t, ε) draws; threshold chosen on D_aux",
+)
 def loss_threshold(ctx: AttackContext) -> AttackResult:
     return loss_threshold_attack(ctx.target, ctx.sets, ctx.cfg.loss_attack_draws, ctx.seed + SEED_OFFSET)

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, alphas, batches, check_timesteps, eps_theta, eval_mode, noised, num_timesteps
-from .diffusion import timestep_attack
+from .diffusion import (
+    DiffusionModel,
+    alphas,
+    batches,
+    check_timesteps,
+    eps_theta,
+    eval_mode,
+    noised,
+    num_timesteps,
+    timestep_attack,
+)
 
 
 @torch.no_grad()
@@ -33,8 +42,14 @@ def pia_scores(model: DiffusionModel, samples: SampleSet, timesteps: Sequence[in
     return out
 
 
-def pia_attack(model: DiffusionModel, sets: AttackSets, timesteps: Sequence[int], p: float = 4.0,
-               sign_from_aux: bool = True, key: str = "evaluation.pia_timesteps") -> AttackResult:
+def pia_attack(
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int],
+    p: float = 4.0,
+    sign_from_aux: bool = True,
+    key: str = "evaluation.pia_timesteps",
+) -> AttackResult:
     """PIA with t picked on D_aux, not the repo's best-on-test t."""
     ts = check_timesteps(key, timesteps, num_timesteps(model))
     res = timestep_attack(lambda s, t: pia_scores(model, s, t, p), sets, ts, sign_from_aux)
@@ -42,9 +57,11 @@ def pia_attack(model: DiffusionModel, sets: AttackSets, timesteps: Sequence[int]
     return res
 
 
-@ATTACKS.register("pia", reference="Kong et al., ICLR 2024",
-                  description="−Σ|ε_θ(x_t, t) − ε₀|⁴ with ε₀ = ε_θ(x₀, 0) and x_t built from ε₀; t and sign picked on "
-                              "aux")
+@ATTACKS.register(
+    "pia",
+    reference="Kong et al., ICLR 2024",
+    description="−Σ|ε_θ(x_t, t) − ε₀|⁴ with ε₀ = ε_θ(x₀, 0) and x_t built from ε₀; t and sign picked on aux",
+)
 def pia(ctx: AttackContext) -> AttackResult:
     cfg = ctx.cfg
     return pia_attack(ctx.target, ctx.sets, cfg.pia_timesteps, sign_from_aux=cfg.diffusion_attack_sign == "from-aux")

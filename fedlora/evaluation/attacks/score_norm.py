@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,9 @@ from .diffusion import DiffusionModel, batches, check_timesteps, eps_theta, eval
 
 
 @torch.no_grad()
-def score_norm_scores(model: DiffusionModel, samples: SampleSet, timesteps: Sequence[int], p: float = 4.0) -> np.ndarray:
+def score_norm_scores(
+    model: DiffusionModel, samples: SampleSet, timesteps: Sequence[int], p: float = 4.0
+) -> np.ndarray:
     """−‖ε_θ(x_0, t)‖_p^p at the clean latent, no added noise.
 
     The denoiser points toward a kernel-weighted mean of nearby training samples, so its norm is
@@ -29,8 +31,14 @@ def score_norm_scores(model: DiffusionModel, samples: SampleSet, timesteps: Sequ
     return out
 
 
-def score_norm_attack(model: DiffusionModel, sets: AttackSets, timesteps: Sequence[int], p: float = 4.0,
-                      sign_from_aux: bool = True, key: str = "evaluation.score_norm_timesteps") -> AttackResult:
+def score_norm_attack(
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int],
+    p: float = 4.0,
+    sign_from_aux: bool = True,
+    key: str = "evaluation.score_norm_timesteps",
+) -> AttackResult:
     """SimA with t picked on D_aux."""
     ts = check_timesteps(key, timesteps, num_timesteps(model))
     res = timestep_attack(lambda s, t: score_norm_scores(model, s, t, p), sets, ts, sign_from_aux)
@@ -38,9 +46,17 @@ def score_norm_attack(model: DiffusionModel, sets: AttackSets, timesteps: Sequen
     return res
 
 
-@ATTACKS.register("score-norm", reference="Rao et al., arXiv 2509.25003 (SimA)",
-                  description="−‖ε_θ(x₀, t)‖₄⁴ at the clean latent; t and sign picked on aux")
+@ATTACKS.register(
+    "score-norm",
+    reference="Rao et al., arXiv 2509.25003 (SimA)",
+    description="−‖ε_θ(x₀, t)‖₄⁴ at the clean latent; t and sign picked on aux",
+)
 def score_norm(ctx: AttackContext) -> AttackResult:
     cfg = ctx.cfg
-    return score_norm_attack(ctx.target, ctx.sets, cfg.score_norm_timesteps, cfg.score_norm_p,
-                             sign_from_aux=cfg.diffusion_attack_sign == "from-aux")
+    return score_norm_attack(
+        ctx.target,
+        ctx.sets,
+        cfg.score_norm_timesteps,
+        cfg.score_norm_p,
+        sign_from_aux=cfg.diffusion_attack_sign == "from-aux",
+    )

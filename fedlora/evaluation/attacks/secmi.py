@@ -45,8 +45,9 @@ def secmi_scores(model: DiffusionModel, samples: SampleSet, t_sec: int = 100, k:
     return out
 
 
-def secmi_attack(model: DiffusionModel, sets: AttackSets, t_sec: int = 100, k: int = 10,
-                 sign_from_aux: bool = True) -> AttackResult:
+def secmi_attack(
+    model: DiffusionModel, sets: AttackSets, t_sec: int = 100, k: int = 10, sign_from_aux: bool = True
+) -> AttackResult:
     """The t-error thresholded on D_aux."""
     n = num_timesteps(model)
     if k < 1 or t_sec < k or t_sec + k >= n:
@@ -60,14 +61,25 @@ def secmi_attack(model: DiffusionModel, sets: AttackSets, t_sec: int = 100, k: i
     _, sign = oriented([aux_auc], sign_from_aux)
     threshold = best_threshold(sign * aux_scores, aux_member)
     test, test_member = labelled(sets.member_test, sets.nonmember_test)
-    return attack_result(sign * secmi_scores(model, test, t_sec, k), test_member, threshold, t=float(t_sec),
-                         k=float(k), sign=sign, aux_auc=aux_auc if sign > 0 else 1 - aux_auc)
+    return attack_result(
+        sign * secmi_scores(model, test, t_sec, k),
+        test_member,
+        threshold,
+        t=float(t_sec),
+        k=float(k),
+        sign=sign,
+        aux_auc=aux_auc if sign > 0 else 1 - aux_auc,
+    )
 
 
-@ATTACKS.register("secmi", reference="Duan et al., ICML 2023",
-                  description="−t-error of a deterministic DDIM inversion to secmi_t in steps of secmi_k and one step "
-                              "up and back; sign and threshold picked on aux")
+@ATTACKS.register(
+    "secmi",
+    reference="Duan et al., ICML 2023",
+    description="−t-error of a deterministic DDIM inversion to secmi_t in steps of secmi_k and one step "
+    "up and back; sign and threshold picked on aux",
+)
 def secmi(ctx: AttackContext) -> AttackResult:
     cfg = ctx.cfg
-    return secmi_attack(ctx.target, ctx.sets, cfg.secmi_t, cfg.secmi_k,
-                        sign_from_aux=cfg.diffusion_attack_sign == "from-aux")
+    return secmi_attack(
+        ctx.target, ctx.sets, cfg.secmi_t, cfg.secmi_k, sign_from_aux=cfg.diffusion_attack_sign == "from-aux"
+    )

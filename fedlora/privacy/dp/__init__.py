@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from ...config import ExperimentConfig
 from ...registry import DP_MODES
-from . import none, dp_fedavg, dp_lora, implicit_dp  # noqa: F401  (registration)
+
+# The built-ins register in this order, the order configs and reports list them in.
+# isort: off
+from . import none  # noqa: F401
+from . import dp_fedavg  # noqa: F401
+from . import dp_lora  # noqa: F401
+from . import implicit_dp  # noqa: F401
+
+# isort: on
 from .base import DpMode, DpState
 
 

@@ -7,7 +7,8 @@ To add a DP mode: a module in this package with one ``DpMode`` subclass register
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -45,8 +46,14 @@ class DpMode:
         """What happens to the gradients before each step (None: ``train.max_grad_norm`` clipping)."""
         return None
 
-    def train(self, runtime: ModelRuntime, members: EncodedSamples, objective: Objective, seed: int,
-              state: Mapping[str, torch.Tensor] | None) -> tuple[TrainStats, DpState]:
+    def train(
+        self,
+        runtime: ModelRuntime,
+        members: EncodedSamples,
+        objective: Objective,
+        seed: int,
+        state: Mapping[str, torch.Tensor] | None,
+    ) -> tuple[TrainStats, DpState]:
         """The client's local training; returns its stats and what the mode keeps for the next round."""
         return train_lora(runtime, members, self.cfg.train, objective, seed, self.gradient_hook()), {}
 

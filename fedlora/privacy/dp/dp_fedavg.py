@@ -10,7 +10,8 @@ neighbouring client populations.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -43,9 +44,12 @@ def _partition(message: Any) -> int:
     return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
 
 
-@DP_MODES.register("dp-fedavg", reference="McMahan et al., ICLR 2018 (arXiv 1710.06963); Flower's DP wrappers",
-                   description="user-level central DP: each client's update clipped to C, Gaussian noise σ·C/m on "
-                               "the mean, RDP accountant (no sampling amplification)")
+@DP_MODES.register(
+    "dp-fedavg",
+    reference="McMahan et al., ICLR 2018 (arXiv 1710.06963); Flower's DP wrappers",
+    description="user-level central DP: each client's update clipped to C, Gaussian noise σ·C/m on "
+    "the mean, RDP accountant (no sampling amplification)",
+)
 class DpFedAvg(DpMode):
     formal = True
     uses_flower_aggregation = True
@@ -80,7 +84,11 @@ class DpFedAvg(DpMode):
 
         # Flower draws the noise from numpy's global generator: seed it for reproducible runs.
         np.random.seed(self.cfg.run.seed)
-        base = DifferentialPrivacyServerSideFixedClipping if self.clipping == "server" else DifferentialPrivacyClientSideFixedClipping
+        base = (
+            DifferentialPrivacyServerSideFixedClipping
+            if self.clipping == "server"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
 
         class SortedReplies(base):  # type: ignore[valid-type,misc]  # summed in client order: same seed, same numbers
             def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
@@ -110,7 +118,9 @@ class DpFedAvg(DpMode):
             "clipping": self.clipping,
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,
-            "noise_std": self.noise_multiplier * self.clipping_norm / (self.wrapper.num_sampled_clients if self.wrapper else 1),
+            "noise_std": self.noise_multiplier
+            * self.clipping_norm
+            / (self.wrapper.num_sampled_clients if self.wrapper else 1),
             "epsilon": self.epsilon(),
             "delta": self.delta,
             "releases": self.releases(),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,12 @@ def last_epsilons(rounds: list[RoundRecord]) -> dict[str, float]:
     return last
 
 
-@DP_MODES.register("dp-lora", reference="Abadi et al., CCS 2016; Opacus (Yousefpour et al., 2021)",
-                   description="sample-level DP-SGD on each client's LoRA factors: per-sample clipping, Gaussian "
-                               "noise, Poisson sampling, Opacus RDP accountant per client")
+@DP_MODES.register(
+    "dp-lora",
+    reference="Abadi et al., CCS 2016; Opacus (Yousefpour et al., 2021)",
+    description="sample-level DP-SGD on each client's LoRA factors: per-sample clipping, Gaussian "
+    "noise, Poisson sampling, Opacus RDP accountant per client",
+)
 class DpLora(DpMode):
     formal = True
 
@@ -41,31 +45,51 @@ class DpLora(DpMode):
             raise ConfigError("privacy.dp = 'dp-lora' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
         if objective_class(cfg.train.method).needs_aux:
             raise ConfigError(
-                f"privacy.dp = 'dp-lora' with train.method = {cfg.train.method!r} is refused: the proxy attacker trains "
+                f"privacy.dp = 'dp-lora' with train.method = {cfg.train.method!r} is refused: the proxy attacker "
+                "trains "
                 "on member aux samples outside DP-SGD, so the LoRA update would depend on members through the attacker "
                 "and the reported epsilon would not cover it. Use train.method = 'lora' (or dp-fedavg, whose "
                 "client-level clipping covers everything a client sends)."
             )
 
-    def train(self, runtime: ModelRuntime, members: EncodedSamples, objective: Objective, seed: int,
-              state: Mapping[str, torch.Tensor] | None) -> tuple[TrainStats, DpState]:
+    def train(
+        self,
+        runtime: ModelRuntime,
+        members: EncodedSamples,
+        objective: Objective,
+        seed: int,
+        state: Mapping[str, torch.Tensor] | None,
+    ) -> tuple[TrainStats, DpState]:
         """Opacus DP-SGD instead of the objective's loss; the client's RDP history continues across rounds."""
         from ..dp_sgd import DpSgdSettings, history_from_array, history_to_array, train_lora_dp
 
         p, train = self.cfg.privacy, self.cfg.train
         history = history_from_array(state[HISTORY].numpy()) if state and HISTORY in state else None
         res = train_lora_dp(
-            runtime.unet, runtime.scheduler, members.latents, members.cond,
-            steps=train.local_steps, batch_size=train.batch_size, learning_rate=train.learning_rate,
-            settings=DpSgdSettings(p.dp_noise_multiplier, p.dp_max_grad_norm, p.dp_delta), seed=seed,
+            runtime.unet,
+            runtime.scheduler,
+            members.latents,
+            members.cond,
+            steps=train.local_steps,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            settings=DpSgdSettings(p.dp_noise_multiplier, p.dp_max_grad_norm, p.dp_delta),
+            seed=seed,
             accountant_history=history,
         )
         losses = [x for x in res.losses if np.isfinite(x)] or [float("nan")]
         stats = TrainStats(
-            num_examples=len(members), steps=res.steps, loss_first=losses[0], loss_last=losses[-1],
-            loss_mean=float(np.mean(losses)), seconds=res.seconds,
-            extra={"dp_epsilon": res.epsilon, "dp_sample_rate": res.sample_rate,
-                   "dp_mean_batch": float(np.mean(res.batch_sizes))},
+            num_examples=len(members),
+            steps=res.steps,
+            loss_first=losses[0],
+            loss_last=losses[-1],
+            loss_mean=float(np.mean(losses)),
+            seconds=res.seconds,
+            extra={
+                "dp_epsilon": res.epsilon,
+                "dp_sample_rate": res.sample_rate,
+                "dp_mean_batch": float(np.mean(res.batch_sizes)),
+            },
         )
         return stats, {HISTORY: torch.from_numpy(history_to_array(res.accountant_history))}
 

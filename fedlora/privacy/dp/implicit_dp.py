@@ -32,9 +32,11 @@ def scale_b_gradient_rows(unet: Any, norm: float) -> None:
             rows.mul_(norm / rows.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
-@DP_MODES.register("implicit-dp", reference="Malekmohammadi & Farnadi, arXiv 2409.17538",
-                   description="A frozen at N(0, 1/r), B-gradient rows scaled to C: a heuristic σ_eq ≈ batch/√r, "
-                               "never a formal ε")
+@DP_MODES.register(
+    "implicit-dp",
+    reference="Malekmohammadi & Farnadi, arXiv 2409.17538",
+    description="A frozen at N(0, 1/r), B-gradient rows scaled to C: a heuristic σ_eq ≈ batch/√r, never a formal ε",
+)
 class ImplicitDp(DpMode):
     freezes_a = True
 
@@ -65,7 +67,8 @@ class ImplicitDp(DpMode):
             "batch_size": b,
             "equivalent_noise_multiplier_heuristic": b / math.sqrt(r),
             "formal": False,
-            "note": "heuristic after arXiv 2409.17538 (sigma_eq ~ batch/sqrt(r)); not a formal (epsilon, delta) guarantee",
+            "note": "heuristic after arXiv 2409.17538 (sigma_eq ~ batch/sqrt(r)); "
+            "not a formal (epsilon, delta) guarantee",
         }
 
 

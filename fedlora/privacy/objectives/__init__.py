@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from ...config import ExperimentConfig
 from ...registry import OBJECTIVES
-from . import lora, mp_lora, smp_lora  # noqa: F401  (registration)
+
+# The built-ins register in this order, the order configs and reports list them in.
+# isort: off
+from . import lora  # noqa: F401
+from . import mp_lora  # noqa: F401
+from . import smp_lora  # noqa: F401
+
+# isort: on
 from .base import LabelledMaps, MembershipBatches, Objective
 from .lora import LoraObjective
 from .membership import ProxyAttackerObjective
@@ -26,11 +33,21 @@ def objective_class(key: str) -> type[Objective]:
     return cls
 
 
-def build_objective(cfg: ExperimentConfig, feature_size: int = 0, batches: MembershipBatches | None = None,
-                    seed: int = 0) -> Objective:
+def build_objective(
+    cfg: ExperimentConfig, feature_size: int = 0, batches: MembershipBatches | None = None, seed: int = 0
+) -> Objective:
     """The objective ``train.method`` names, for one client."""
     return objective_class(cfg.train.method).build(cfg, feature_size, batches, seed)
 
 
-__all__ = ["LabelledMaps", "LoraObjective", "MembershipBatches", "Objective", "ProxyAttackerObjective",
-           "build_objective", "mp_lora_loss", "objective_class", "smp_lora_loss"]
+__all__ = [
+    "LabelledMaps",
+    "LoraObjective",
+    "MembershipBatches",
+    "Objective",
+    "ProxyAttackerObjective",
+    "build_objective",
+    "mp_lora_loss",
+    "objective_class",
+    "smp_lora_loss",
+]

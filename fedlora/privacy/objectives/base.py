@@ -13,8 +13,9 @@ To add an objective: a module in this package with one ``Objective`` subclass re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 

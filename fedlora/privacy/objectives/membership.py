@@ -33,8 +33,13 @@ class ProxyAttackerObjective(Objective):
         if batches is None:
             raise ValueError(f"train.method = {cfg.train.method!r} needs the client's aux and test loss maps")
         p = cfg.privacy
-        attacker = ProxyAttacker(feature_size, lr=p.attacker_learning_rate, weight_decay=p.attacker_weight_decay,
-                                 dropout=p.attacker_dropout, seed=seed)
+        attacker = ProxyAttacker(
+            feature_size,
+            lr=p.attacker_learning_rate,
+            weight_decay=p.attacker_weight_decay,
+            dropout=p.attacker_dropout,
+            seed=seed,
+        )
         return cls(p, attacker, batches)
 
     @abstractmethod
@@ -55,7 +60,10 @@ class ProxyAttackerObjective(Objective):
 
     def after_round(self) -> dict[str, float]:
         maps, labels = self.batches.test()
-        return {"attacker_test_acc": self.attacker.accuracy(maps, labels), "attacker_updates": float(self.attacker.updates)}
+        return {
+            "attacker_test_acc": self.attacker.accuracy(maps, labels),
+            "attacker_updates": float(self.attacker.updates),
+        }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.attacker.state_dict()

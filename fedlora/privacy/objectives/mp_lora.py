@@ -12,8 +12,11 @@ def mp_lora_loss(l_ada: torch.Tensor, gain: torch.Tensor, mi_lambda: float) -> t
     return l_ada + mi_lambda * gain
 
 
-@OBJECTIVES.register("mp-lora", reference="Luo et al., AAAI 2025 (arXiv 2402.11989), eq. 6",
-                     description="L_ada + λ·G against the client's own proxy attacker (min-max; can be unstable)")
+@OBJECTIVES.register(
+    "mp-lora",
+    reference="Luo et al., AAAI 2025 (arXiv 2402.11989), eq. 6",
+    description="L_ada + λ·G against the client's own proxy attacker (min-max; can be unstable)",
+)
 class MpLora(ProxyAttackerObjective):
     name = "mp-lora"
 

@@ -12,8 +12,11 @@ def smp_lora_loss(l_ada: torch.Tensor, gain: torch.Tensor, mi_lambda: float, sta
     return l_ada / (1.0 - mi_lambda * gain + stabilizer)
 
 
-@OBJECTIVES.register("smp-lora", reference="Luo et al., AAAI 2025 (arXiv 2402.11989), eq. 10",
-                     description="L_ada / (1 − λ·G + δ) against the client's own proxy attacker (stable ratio form)")
+@OBJECTIVES.register(
+    "smp-lora",
+    reference="Luo et al., AAAI 2025 (arXiv 2402.11989), eq. 10",
+    description="L_ada / (1 − λ·G + δ) against the client's own proxy attacker (stable ratio form)",
+)
 class SmpLora(ProxyAttackerObjective):
     name = "smp-lora"
 
