@@ -62,8 +62,6 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} key {key!r} must be a non-empty name without surrounding spaces")
         if key in self._entries and self._entries[key].value is not value:
             raise ValueError(f"{self.kind} {key!r} is already registered ({self._entries[key].value!r})")
-        if hasattr(value, "key") and value.key != key:
-            raise ValueError(f"{self.kind} {value!r} declares key {value.key!r} but is registered as {key!r}")
         self._entries[key] = Entry(key, value, description, reference)
 
     def remove(self, key: str) -> None:

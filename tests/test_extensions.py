@@ -93,8 +93,6 @@ class ServerStepRule(Rule):
 class AbsErrorObjective(Objective):
     """L1 denoising: the mean of |ε − ε_θ| (the square root of the error map)."""
 
-    name = "toy-l1"
-
     def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = (err + 1e-12).sqrt().mean()
         return loss, {"toy_l1": float(loss.detach())}

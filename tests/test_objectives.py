@@ -136,10 +136,10 @@ def test_attacker_state_of_another_shape_is_refused():
 
 
 def test_build_objective_names():
-    assert build_objective(load_config(None, ["train.method='lora'"])).name == "lora"
+    assert type(build_objective(load_config(None, ["train.method='lora'"]))) is LoraObjective
     for method in ("mp-lora", "smp-lora"):
         obj = build_objective(load_config(None, [f"train.method='{method}'"]), 8, NO_BATCHES)
-        assert obj.name == method and objective_class(method).needs_aux
+        assert type(obj) is objective_class(method) and objective_class(method).needs_aux
         assert isinstance(obj.attacker.model, MembershipMLP)
     with pytest.raises(ValueError, match="needs the client's aux and test loss maps"):
         build_objective(load_config(None, ["train.method='smp-lora'"]), 8)

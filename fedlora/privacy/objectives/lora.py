@@ -10,8 +10,6 @@ from .base import Objective
 
 @OBJECTIVES.register("lora", reference="Hu et al., ICLR 2022", description="L_ada = mean ‖ε − ε_θ(z_t, t, c)‖²")
 class LoraObjective(Objective):
-    name = "lora"
-
     def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = err.mean()
         return loss, {"loss_ada": float(loss.detach())}

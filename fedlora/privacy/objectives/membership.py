@@ -21,7 +21,6 @@ class ProxyAttackerObjective(Objective):
     """L_ada combined with the proxy attacker's gain G by ``combine`` (one subclass per method)."""
 
     needs_aux = True
-    name = ""
 
     def __init__(self, privacy: PrivacyConfig, attacker: ProxyAttacker, batches: MembershipBatches):
         self.privacy = privacy

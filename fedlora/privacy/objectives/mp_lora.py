@@ -18,7 +18,5 @@ def mp_lora_loss(l_ada: torch.Tensor, gain: torch.Tensor, mi_lambda: float) -> t
     description="L_ada + λ·G against the client's own proxy attacker (min-max; can be unstable)",
 )
 class MpLora(ProxyAttackerObjective):
-    name = "mp-lora"
-
     def combine(self, l_ada: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         return mp_lora_loss(l_ada, gain, self.privacy.mi_lambda)

@@ -18,7 +18,5 @@ def smp_lora_loss(l_ada: torch.Tensor, gain: torch.Tensor, mi_lambda: float, sta
     description="L_ada / (1 − λ·G + δ) against the client's own proxy attacker (stable ratio form)",
 )
 class SmpLora(ProxyAttackerObjective):
-    name = "smp-lora"
-
     def combine(self, l_ada: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         return smp_lora_loss(l_ada, gain, self.privacy.mi_lambda, self.privacy.stabilizer)
