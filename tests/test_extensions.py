@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from fedlora.privacy.dp import DpMode
 from fedlora.privacy.objectives import Objective
 from fedlora.registry import ATTACKS, DATASETS, DP_MODES, OBJECTIVES, RULES, Registry
 from fedlora.rounds import RoundLog
-from fedlora.rules import Arrays, ClientSetup, Rule
+from fedlora.rules import Arrays, ClientSetup, Rule, State
 from server.app import run_federated
 
 CONFIG_KEYS = {
@@ -67,13 +66,7 @@ class ServerStepRule(Rule):
     global_is_carried = True
     folds: list[tuple[Arrays, Arrays, Arrays]] = []  # (global before, mean of uploads, global after)
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup(dict(payload))
 
     def payload(self, client_id: int) -> Arrays:

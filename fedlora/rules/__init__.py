@@ -25,7 +25,7 @@ from . import svd  # noqa: F401
 from . import fedsa  # noqa: F401
 
 # isort: on
-from .base import Arrays, ClientSetup, Rule, client_rank, client_scaling, factor, rules_with
+from .base import Arrays, ClientSetup, PerClient, Rule, State, client_rank, client_scaling, factor, rules_with
 
 
 def rule_class(key: str) -> type[Rule]:
@@ -41,6 +41,8 @@ def build_rule(cfg: ExperimentConfig) -> Rule:
 __all__ = [
     "Arrays",
     "ClientSetup",
+    "PerClient",
+    "State",
     "Rule",
     "build_rule",
     "client_rank",

@@ -25,7 +25,9 @@ from ..errors import ConfigError
 from ..models.lora import ModelView
 from ..registry import RULES
 
-Arrays = dict[str, np.ndarray]
+Arrays = dict[str, np.ndarray]  # an adapter state (or part of one) that a rule builds
+State = Mapping[str, np.ndarray]  # one that a rule reads
+PerClient = Mapping[int, State]  # client id -> its state
 
 
 def client_rank(cfg: ExperimentConfig, client_id: int) -> int:
@@ -39,7 +41,7 @@ def client_scaling(cfg: ExperimentConfig, client_id: int) -> float:
     return cfg.model.lora_alpha / client_rank(cfg, client_id)
 
 
-def factor(state: Mapping[str, np.ndarray], which: str) -> Arrays:
+def factor(state: State, which: str) -> Arrays:
     """The ``"A"`` or ``"B"`` factors of an adapter state."""
     suffix = {"A": agg.A_SUFFIX, "B": agg.B_SUFFIX}[which]
     return {k: v for k, v in state.items() if k.endswith(suffix)}
@@ -89,35 +91,29 @@ class Rule(ABC):
     # ---- client half -------------------------------------------------------------------
 
     @abstractmethod
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         """The adapter to train from what arrived (``payload``) and what ``client_keep`` returned last
         round (empty in the first). ``init`` is the client's seeded initial adapter (the same A on
         every client of the same rank)."""
 
-    def client_upload(self, trained: Mapping[str, np.ndarray]) -> Arrays:
+    def client_upload(self, trained: State) -> Arrays:
         """The factors the rule sends up, in the adapter's key order (Flower's DP clipping pairs arrays by position)."""
         keep: set[str] = set()
         for which in self.upload:
             keep |= set(factor(trained, which))
         return {k: v for k, v in trained.items() if k in keep}
 
-    def client_keep(self, trained: Mapping[str, np.ndarray], setup: ClientSetup) -> Arrays:
+    def client_keep(self, trained: State, setup: ClientSetup) -> Arrays:
         """What must outlive the round on the client (in Flower's ``context.state``)."""
         return {}
 
-    def client_eval_only(self, kept: Mapping[str, np.ndarray]) -> Arrays:
+    def client_eval_only(self, kept: State) -> Arrays:
         """Arrays sent beside the upload for the simulation's audit only, never aggregated."""
         return {}
 
     # ---- server half -------------------------------------------------------------------
 
-    def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
+    def start(self, initial: State) -> Rule:
         self.initial = {k: np.asarray(v, dtype=np.float32) for k, v in initial.items()}
         self.like = agg.lora_pairs(self.initial)
         self.global_lora: Arrays = dict(self.initial)
@@ -130,12 +126,7 @@ class Rule(ABC):
     def mark_sent(self, client_id: int) -> None:
         """Called once the payload is on its way (FLoRA counts what each client has merged)."""
 
-    def aggregate(
-        self,
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: Mapping[int, float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]] | None = None,
-    ) -> None:
+    def aggregate(self, uploads: PerClient, weights: Mapping[int, float], eval_only: PerClient | None = None) -> None:
         """Fold one round's uploads (client id -> arrays) into the global state, in client-id order."""
         ids = sorted(uploads)
         if not ids:
@@ -143,13 +134,7 @@ class Rule(ABC):
         self.fold(ids, uploads, [float(weights[i]) for i in ids], eval_only or {})
 
     @abstractmethod
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         """``aggregate`` without the bookkeeping: ``ids`` sorted, ``weights`` aligned with them."""
 
     def carried(self) -> Arrays:
@@ -161,7 +146,7 @@ class Rule(ABC):
         if self.global_is_carried and arrays:
             self.global_lora = dict(arrays)
 
-    def observe(self, uploads: Mapping[int, Mapping[str, np.ndarray]]) -> None:
+    def observe(self, uploads: PerClient) -> None:
         """Record uploads the server saw but Flower aggregated (central DP): the audit's client views."""
         for i, upload in uploads.items():
             self.views[i] = ModelView(lora=dict(upload))

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
-
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
-from .base import Arrays, ClientSetup, Rule
+from .base import Arrays, ClientSetup, PerClient, Rule, State
 
 
 @RULES.register(
@@ -20,25 +16,13 @@ from .base import Arrays, ClientSetup, Rule
 class FedAvg(Rule):
     global_is_carried = True
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup(dict(payload))
 
     def payload(self, client_id: int) -> Arrays:
         return dict(self.global_lora)
 
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         self.global_lora = agg.fedavg([uploads[i] for i in ids], weights)
         self.views.update({i: ModelView(lora=dict(uploads[i])) for i in ids})
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
-from .base import Arrays, ClientSetup, Rule, factor
+from .base import Arrays, ClientSetup, PerClient, Rule, State, factor
 
 
 @RULES.register(
@@ -20,23 +18,17 @@ from .base import Arrays, ClientSetup, Rule, factor
 class FedSA(Rule):
     upload = ("A",)
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         b = factor(kept, "B") or factor(init, "B")
         return ClientSetup({**factor(payload, "A"), **b})
 
-    def client_keep(self, trained: Mapping[str, np.ndarray], setup: ClientSetup) -> Arrays:
+    def client_keep(self, trained: State, setup: ClientSetup) -> Arrays:
         return factor(trained, "B")
 
-    def client_eval_only(self, kept: Mapping[str, np.ndarray]) -> Arrays:
+    def client_eval_only(self, kept: State) -> Arrays:
         return dict(kept)  # B, shown to the simulation's audit only
 
-    def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
+    def start(self, initial: State) -> Rule:
         super().start(initial)
         self.dense: dict[str, np.ndarray] = {}  # the average of the personalised updates Bₖ·A
         return self
@@ -44,13 +36,7 @@ class FedSA(Rule):
     def payload(self, client_id: int) -> Arrays:
         return factor(self.global_lora, "A")
 
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         self.global_lora = {**agg.fedsa([uploads[i] for i in ids], weights), **factor(self.global_lora, "B")}
         if any(not factor(eval_only.get(i, {}), "B") for i in ids):
             return

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import numpy as np
-
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
-from .base import Arrays, ClientSetup, Rule, factor
+from .base import Arrays, ClientSetup, PerClient, Rule, State, factor
 
 
 @RULES.register(
@@ -21,25 +17,13 @@ class FFA(Rule):
     train_a = False
     upload = ("B",)
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup({**factor(init, "A"), **factor(payload, "B")})
 
     def payload(self, client_id: int) -> Arrays:
         return factor(self.global_lora, "B")
 
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         a = factor(self.global_lora, "A")
         states = [{**a, **factor(uploads[i], "B")} for i in ids]
         self.global_lora = agg.ffa(states, weights)

@@ -3,14 +3,12 @@ their base weights and restart a fresh LoRA each round (clients may train differ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
-from .base import Arrays, ClientSetup, Rule, client_scaling
+from .base import Arrays, ClientSetup, PerClient, Rule, State, client_scaling
 
 
 @RULES.register(
@@ -23,22 +21,16 @@ class FLoRA(Rule):
     fresh_lora = True
     heterogeneous_ranks = True
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         merged = {k: np.array(v, dtype=np.float64) for k, v in kept.items()}
         for prefix, delta in (agg.delta_weights(payload) if payload else {}).items():
             merged[prefix] = merged[prefix] + delta if prefix in merged else delta
         return ClientSetup(dict(init), merged)
 
-    def client_keep(self, trained: Mapping[str, np.ndarray], setup: ClientSetup) -> Arrays:
+    def client_keep(self, trained: State, setup: ClientSetup) -> Arrays:
         return dict(setup.base_deltas)  # the merged base update
 
-    def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
+    def start(self, initial: State) -> Rule:
         super().start(initial)
         self.dense: dict[str, np.ndarray] = {}  # the cumulative merged update
         self.stacks: list[Arrays] = []  # one stacked update per aggregated round
@@ -53,13 +45,7 @@ class FLoRA(Rule):
     def mark_sent(self, client_id: int) -> None:
         self.delivered[client_id] = len(self.stacks)
 
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         states = [uploads[i] for i in ids]
         scalings = [client_scaling(self.cfg, i) for i in ids]
         before = {p: d.copy() for p, d in self.dense.items()}

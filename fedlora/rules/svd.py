@@ -3,14 +3,12 @@ rank-rₖ SVD truncation (clients may train different ranks)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
-from .base import Arrays, ClientSetup, Rule, client_rank, client_scaling
+from .base import Arrays, ClientSetup, PerClient, Rule, State, client_rank, client_scaling
 
 
 @RULES.register(
@@ -21,16 +19,10 @@ from .base import Arrays, ClientSetup, Rule, client_rank, client_scaling
 class SvdRefactor(Rule):
     heterogeneous_ranks = True
 
-    def client_setup(
-        self,
-        client_id: int,
-        payload: Mapping[str, np.ndarray],
-        kept: Mapping[str, np.ndarray],
-        init: Mapping[str, np.ndarray],
-    ) -> ClientSetup:
+    def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup(agg.fill_dead_directions(payload, init))
 
-    def start(self, initial: Mapping[str, np.ndarray]) -> Rule:
+    def start(self, initial: State) -> Rule:
         super().start(initial)
         self.dense: dict[str, np.ndarray] = {}  # the exact weighted mean update
         self._payloads: dict[int, Arrays] = {}  # rank -> its truncation, until the next aggregation
@@ -45,13 +37,7 @@ class SvdRefactor(Rule):
             )[0]
         return self._payloads[rank]
 
-    def fold(
-        self,
-        ids: list[int],
-        uploads: Mapping[int, Mapping[str, np.ndarray]],
-        weights: list[float],
-        eval_only: Mapping[int, Mapping[str, np.ndarray]],
-    ) -> None:
+    def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         self._payloads = {}
         states = [uploads[i] for i in ids]
         scalings = [client_scaling(self.cfg, i) for i in ids]

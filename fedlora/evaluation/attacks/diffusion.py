@@ -104,11 +104,26 @@ def oriented(aucs: Sequence[float], from_aux: bool) -> tuple[int, float]:
     return best, (-1.0 if from_aux and aucs[best] < 0.5 else 1.0)
 
 
+# (model, samples, timesteps, p) -> (len(timesteps), N) scores, higher = member in the paper's sign
+TimestepScores = Callable[[DiffusionModel, SampleSet, Sequence[int], float], np.ndarray]
+
+
 def timestep_attack(
-    table: Callable[[SampleSet, Sequence[int]], np.ndarray], sets: AttackSets, timesteps: Sequence[int], from_aux: bool
+    scores: TimestepScores,
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int],
+    p: float,
+    from_aux: bool,
+    key: str,
 ) -> AttackResult:
     """Pick t (and, if ``from_aux``, the sign) by aux AUC, then the threshold on aux; only then
-    score D_te, at that t alone."""
+    score D_te, at that t alone. ``key`` names the config key of ``timesteps`` in errors."""
+    timesteps = check_timesteps(key, timesteps, num_timesteps(model))
+
+    def table(samples: SampleSet, ts: Sequence[int]) -> np.ndarray:
+        return scores(model, samples, ts, p)
+
     aux, aux_member = labelled(sets.member_aux, sets.nonmember_aux)
     aux_table = table(aux, timesteps)
     aucs = [auc(row, aux_member) for row in aux_table]
@@ -119,4 +134,6 @@ def timestep_attack(
     test_scores = sign * table(test, [t])[0]
     per_t = {f"aux_auc_t{ts}": a for ts, a in zip(timesteps, aucs)}  # in the paper's orientation
     best_auc = aucs[best] if sign > 0 else 1.0 - aucs[best]
-    return attack_result(test_scores, test_member, threshold, t=float(t), sign=sign, aux_auc=best_auc, **per_t)
+    return attack_result(
+        test_scores, test_member, threshold, t=float(t), sign=sign, aux_auc=best_auc, **per_t, p=float(p)
+    )

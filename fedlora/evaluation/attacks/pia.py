@@ -13,11 +13,9 @@ from .diffusion import (
     DiffusionModel,
     alphas,
     batches,
-    check_timesteps,
     eps_theta,
     eval_mode,
     noised,
-    num_timesteps,
     timestep_attack,
 )
 
@@ -51,10 +49,7 @@ def pia_attack(
     key: str = "evaluation.pia_timesteps",
 ) -> AttackResult:
     """PIA with t picked on D_aux, not the repo's best-on-test t."""
-    ts = check_timesteps(key, timesteps, num_timesteps(model))
-    res = timestep_attack(lambda s, t: pia_scores(model, s, t, p), sets, ts, sign_from_aux)
-    res.details["p"] = float(p)
-    return res
+    return timestep_attack(pia_scores, model, sets, timesteps, p, sign_from_aux, key)
 
 
 @ATTACKS.register(

@@ -9,7 +9,7 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, batches, check_timesteps, eps_theta, eval_mode, num_timesteps, timestep_attack
+from .diffusion import DiffusionModel, batches, eps_theta, eval_mode, timestep_attack
 
 
 @torch.no_grad()
@@ -40,10 +40,7 @@ def score_norm_attack(
     key: str = "evaluation.score_norm_timesteps",
 ) -> AttackResult:
     """SimA with t picked on D_aux."""
-    ts = check_timesteps(key, timesteps, num_timesteps(model))
-    res = timestep_attack(lambda s, t: score_norm_scores(model, s, t, p), sets, ts, sign_from_aux)
-    res.details["p"] = float(p)
-    return res
+    return timestep_attack(score_norm_scores, model, sets, timesteps, p, sign_from_aux, key)
 
 
 @ATTACKS.register(
