@@ -16,34 +16,20 @@ import torch
 from .config import ExperimentConfig
 from .data import load_dataset
 from .evaluation.attacks.base import AttackSets
+from .evaluation.membership import attack_sets
 from .models.diffusion import loss_maps
 from .models.lora import ModelView, init_lora, set_trainable
 from .privacy.attacker import membership_labels
 from .privacy.dp import build_dp_mode
 from .privacy.objectives import LabelledMaps, MembershipBatches, objective_class
 from .rules import Arrays, build_rule, client_rank
-from .runtime import EncodedSamples, ModelRuntime, get_runtime, get_splits
+from .runtime import ModelRuntime, get_runtime, get_splits
 from .training import TrainStats
 
 
 def round_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from (run seed, client, round, ...)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
-def client_sets(runtime: ModelRuntime, cfg: ExperimentConfig, client_id: int) -> AttackSets:
-    """The client's own D^m_aux, D^nm_aux and D_te, encoded (cached by the runtime)."""
-    split, dataset = get_splits(cfg).clients[client_id], load_dataset(cfg.data)
-
-    def enc(ids: tuple[str, ...]) -> EncodedSamples:
-        return runtime.encode(dataset, ids)
-
-    return AttackSets(
-        member_aux=enc(split.member_aux),
-        nonmember_aux=enc(split.nonmember_aux),
-        member_test=enc(split.member_test),
-        nonmember_test=enc(split.nonmember_test),
-    )
 
 
 def membership_batches(runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator) -> MembershipBatches:
@@ -112,13 +98,14 @@ def _client_round(
     rule, dp = build_rule(cfg), build_dp_mode(cfg)
     objective_cls = objective_class(cfg.train.method)
     runtime = get_runtime(cfg, client_rank(cfg, client_id))
-    split = get_splits(cfg).clients[client_id]
-    dataset = load_dataset(cfg.data)
-    members = runtime.encode(dataset, split.members)
+    splits, dataset = get_splits(cfg), load_dataset(cfg.data)
+    members = runtime.encode(dataset, splits.clients[client_id].members)
     seed = round_seed(cfg.run.seed, client_id, server_round)
     gen = torch.Generator().manual_seed(round_seed(seed, 1))
     batches = (
-        membership_batches(runtime, client_sets(runtime, cfg, client_id), gen) if objective_cls.needs_aux else None
+        membership_batches(runtime, attack_sets(runtime, dataset, splits, [client_id]), gen)
+        if objective_cls.needs_aux
+        else None
     )
     objective = objective_cls.build(cfg, members.latents[0].numel(), batches, round_seed(cfg.run.seed, client_id))
     if objective_state:

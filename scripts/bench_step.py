@@ -23,7 +23,8 @@ import torch
 
 from fedlora.config import load_config
 from fedlora.data import load_dataset
-from fedlora.local_training import client_sets, membership_batches
+from fedlora.evaluation.membership import attack_sets
+from fedlora.local_training import membership_batches
 from fedlora.models.diffusion import squared_error_map
 from fedlora.privacy.attacker import member_cross_entropy
 from fedlora.privacy.objectives import ProxyAttackerObjective, build_objective, smp_lora_loss
@@ -46,7 +47,7 @@ def main() -> int:
     split = get_splits(cfg).clients[0]
     members = runtime.encode(dataset, split.members)
     gen = torch.Generator().manual_seed(0)
-    batches = membership_batches(runtime, client_sets(runtime, cfg, 0), gen)
+    batches = membership_batches(runtime, attack_sets(runtime, dataset, get_splits(cfg), [0]), gen)
     objective = cast(ProxyAttackerObjective, build_objective(cfg, members.latents[0].numel(), batches, seed=0))
     unet, sched = runtime.unet, runtime.scheduler
     params = [p for p in unet.parameters() if p.requires_grad]

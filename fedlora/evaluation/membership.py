@@ -14,12 +14,15 @@ from typing import Any
 from ..config import ExperimentConfig
 from ..data import ImageDataset, Splits
 from ..models.lora import ModelView
-from .attacks import AttackResult, AttackSets, Samples, run_attacks
+from .attacks import AttackResult, AttackSets, Samples, SampleSet, run_attacks
 
 
 def attack_sets(runtime: Any, dataset: ImageDataset, splits: Splits, clients: list[int]) -> AttackSets:
-    def union(attr: str) -> Samples:
-        return Samples.concat([runtime.encode(dataset, getattr(splits.clients[c], attr)) for c in clients])
+    """D^m_aux, D^nm_aux and D_te of these clients, encoded (one client's are the runtime's cached sets)."""
+
+    def union(attr: str) -> SampleSet:
+        parts = [runtime.encode(dataset, getattr(splits.clients[c], attr)) for c in clients]
+        return parts[0] if len(parts) == 1 else Samples.concat(parts)
 
     return AttackSets(union("member_aux"), union("nonmember_aux"), union("member_test"), union("nonmember_test"))
 
