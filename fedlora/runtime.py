@@ -3,8 +3,9 @@
 A Ray worker serves many simulated clients; it loads the base pipeline once per (model, rank),
 attaches the adapter once, and caches each client's encoded samples, so a round costs only
 training. The server, ``fedlora evaluate`` and the loss tracker use the same runtime. It owns
-the device and dtype of every tensor it creates (CPU, float32 today). Adapter states cross its
-boundary as numpy arrays (what the rules and Flower's records hold); inside it they are tensors.
+the device of the pipeline and of every tensor it makes, and the dtype of those it makes from
+arrays (CPU and float32 today). Adapter states cross its boundary as numpy arrays (what the rules
+and Flower's records hold); inside it they are tensors.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class ModelRuntime:
         self.dtype = dtype
         self.pipe = load_pipeline(model.base_model, cached=False)
         attach_lora(self.pipe.unet, model, seed=cfg.run.seed)
-        self.pipe.to(self.device, self.dtype)
+        self.pipe.to(self.device)  # the weights stay in the dtype they were saved in (float32)
         self.scheduler = training_scheduler(self.pipe)
         self.base = BaseDeltas(self.pipe.unet)
         self.initial: Arrays = self.get_lora()  # the run seed's adapter, the same on every client
