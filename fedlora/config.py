@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -156,11 +156,14 @@ class EvaluationConfig:
     # Diffusion-specific attacks; each candidate list is searched on D_aux only (best aux AUC).
     # Timesteps index the scheduler's 1000-step schedule and must lie below its num_train_timesteps.
     pia_timesteps: tuple[int, ...] = (50, 100, 200, 300)
-    secmi_t: int = setting(100, min=1)  # SecMI's t_sec
+    secmi_timesteps: tuple[int, ...] = (20, 50, 100, 200)  # SecMI's candidate t_sec, one picked on aux
     secmi_k: int = setting(10, min=1)  # SecMI's DDIM step size
     score_norm_timesteps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
     score_norm_p: float = setting(4.0, min=1.0)  # SimA's norm (the released code sums |eps|^4)
     gradient_norm_timesteps: tuple[int, ...] = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)
+    clid_timesteps: tuple[int, ...] = (50, 100, 200, 300, 500)  # CLiD's candidate t, one picked on aux
+    clid_draws: int = setting(4, min=1)  # ε draws per sample and t (both captions share them)
+    lira_shadows: int = setting(4, min=2)  # shadow LoRAs per audited view (even: each aux sample in half)
     # pia/secmi/score-norm: "paper" keeps the published sign (lower error or norm = member);
     # "from-aux" lets D_aux flip it where members score the other way (details["sign"] = -1).
     diffusion_attack_sign: Literal["from-aux", "paper"] = "from-aux"
@@ -263,8 +266,25 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
     return value
 
 
+# Keys of older configs (run folders keep theirs) -> today's key and value.
+RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "evaluation.secmi_t": ("evaluation.secmi_timesteps", lambda t: [t]),  # one t_sec -> the candidates list
+}
+
+
+def _renamed(raw: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for old, (new, convert) in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            value = out[section].pop(key)
+            out[section].setdefault(new.split(".")[1], convert(value))
+    return out
+
+
 def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate a config from nested sections; missing keys take defaults."""
+    raw = _renamed(raw)
     sections = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
     built: dict[str, Any] = {}
     for name, value in raw.items():
@@ -296,13 +316,23 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
     for key in ("members_per_client", "nonmembers_per_client"):
         if getattr(cfg.data, key) % 2:
             raise ConfigError(f"data.{key} must be even (half aux, half test), got {getattr(cfg.data, key)}")
-    for key in ("pia_timesteps", "score_norm_timesteps", "gradient_norm_timesteps"):
+    if cfg.evaluation.lira_shadows % 2:
+        raise ConfigError(
+            f"evaluation.lira_shadows = {cfg.evaluation.lira_shadows} must be even (each aux sample in half)"
+        )
+    for key in (
+        "pia_timesteps",
+        "secmi_timesteps",
+        "score_norm_timesteps",
+        "gradient_norm_timesteps",
+        "clid_timesteps",
+    ):
         if not getattr(cfg.evaluation, key):
             raise ConfigError(f"evaluation.{key} must list at least one timestep")
-    if cfg.evaluation.secmi_k > cfg.evaluation.secmi_t:
+    if cfg.evaluation.secmi_k > min(cfg.evaluation.secmi_timesteps, default=cfg.evaluation.secmi_k):
         raise ConfigError(
-            f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed "
-            f"evaluation.secmi_t = {cfg.evaluation.secmi_t}"
+            f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed any of "
+            f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)

@@ -11,7 +11,8 @@ and Flower's records hold); inside it they are tensors.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ class ModelRuntime:
         self.initial: Arrays = self.get_lora()  # the run seed's adapter, the same on every client
         self.scaling = model.lora_alpha / model.lora_rank
         self._encoded: dict[tuple[str, ...], EncodedSamples] = {}
+        self._empty_caption: torch.Tensor | None = None
+        self.current = ModelView()  # what the UNet computes now
 
     @property
     def unet(self) -> Any:
@@ -111,6 +114,23 @@ class ModelRuntime:
         else:
             zero_b = {k: np.zeros_like(v) if LORA_B in k else v for k, v in self.initial.items()}
             load_lora_state(self.unet, self.tensors(zero_b))
+        self.current = view
+
+    @contextmanager
+    def showing(self, view: ModelView) -> Iterator[None]:
+        """``view`` while the block runs, then whatever was shown before (the LoRA as it was then)."""
+        before = ModelView(lora=self.get_lora(), deltas=self.current.deltas)
+        self.show(view)
+        try:
+            yield
+        finally:
+            self.show(before)
+
+    def empty_caption(self, n: int) -> torch.Tensor:
+        """The embedding of the empty caption, n times (classifier-free guidance's unconditional input)."""
+        if self._empty_caption is None:
+            self._empty_caption = encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [""])
+        return self._empty_caption.expand(n, *self._empty_caption.shape[1:])
 
     def loss_maps(self, samples: SampleSet, gen: torch.Generator) -> torch.Tensor:
         return loss_maps(self.unet, self.scheduler, samples.latents, samples.cond, gen)

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .models.diffusion import squared_error_map
+from .models.diffusion import SampleSet, squared_error_map
 from .privacy.objectives import Objective
-from .runtime import EncodedSamples, ModelRuntime
+from .runtime import ModelRuntime
 
 # (unet, trainable parameters) -> None, between backward and the optimiser step
 GradientHook = Callable[[Any, list[torch.nn.Parameter]], None]
@@ -42,7 +42,7 @@ def clip_by_global_norm(max_norm: float) -> GradientHook:
 
 def train_lora(
     runtime: ModelRuntime,
-    samples: EncodedSamples,
+    samples: SampleSet,
     train: TrainConfig,
     objective: Objective,
     seed: int,

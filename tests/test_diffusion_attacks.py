@@ -22,6 +22,18 @@ from fedlora.runtime import ModelRuntime, get_splits
 from fedlora.training import train_lora
 
 ATTACKS = ("pia", "secmi", "score-norm", "gradient-norm")
+# the attacks this file adds to the suite's defaults: calibrated against the base, CLiD, SimA over
+# several timesteps, offline LiRA
+NEW_ATTACKS = (
+    "loss-calibrated",
+    "pia-calibrated",
+    "secmi-calibrated",
+    "score-norm-calibrated",
+    "score-norm-multi",
+    "clid",
+    "clid-calibrated",
+    "lira",
+)
 TARGETS = "['to_q', 'to_k', 'to_v', 'to_out.0', 'conv1', 'conv2']"
 
 
@@ -73,7 +85,13 @@ def test_secmi_t_error_vanishes_when_eps_theta_ignores_x_and_t():
     scores = secmi.secmi_scores(model, samples, t_sec=100, k=10)
     assert scores.shape == (5,) and np.all(np.abs(scores) < 1e-8)
     ts = [int(t[0]) for _, t in model.unet.calls]
-    assert ts == list(range(0, 101, 10)) + [110]  # inversion 0 -> 100 in steps of 10, up to 110, back
+    # the released code's stepping: invert 0 -> 90 in steps of 10 (queries at 0..80), up to 100
+    # (query at 90) and back to 90 (query at 100); the t-error is measured at 90
+    assert ts == list(range(0, 101, 10))
+    model = _fake(slope=0.0)
+    da_secmi = secmi.secmi_scores(model, samples, t_sec=95, k=10)  # t_sec not a multiple of k
+    assert da_secmi.shape == (5,) and [int(t[0]) for _, t in model.unet.calls] == list(range(0, 91, 10)) + [100]
+    assert secmi.secmi_grid(100, 10) == (list(range(0, 91, 10)), 100) and secmi.secmi_grid(10, 10) == ([0], 10)
     # a predictor that depends on x breaks the round trip
     assert np.all(secmi.secmi_scores(_fake(slope=0.5), samples, 100, 10) < -1e-6)
 
@@ -111,8 +129,8 @@ def test_timesteps_outside_the_schedule_are_refused_with_the_key():
         pia.pia_attack(model, sets, (50, 1000))
     with pytest.raises(ValueError, match=r"evaluation\.score_norm_timesteps"):
         score_norm.score_norm_attack(model, sets, (1000,))
-    with pytest.raises(ValueError, match=r"evaluation\.secmi_t = 995 and evaluation\.secmi_k = 10"):
-        secmi.secmi_attack(model, sets, 995, 10)
+    with pytest.raises(ValueError, match=r"evaluation\.secmi_timesteps = \[50, 995\] and evaluation\.secmi_k = 10"):
+        secmi.secmi_attack(model, sets, (50, 995), 10)
     with pytest.raises(ValueError, match=r"evaluation\.gradient_norm_timesteps"):
         gradient_norm.gradient_norm_attack(model, sets, (10, 2000), seed=0)
 
@@ -127,7 +145,8 @@ def test_config_keys():
             "evaluation.secmi_k=5",
         ],
     )
-    assert cfg.evaluation.pia_timesteps == (20, 40) and cfg.evaluation.secmi_t == 50
+    # an older run's single secmi_t still loads: it becomes the one candidate
+    assert cfg.evaluation.pia_timesteps == (20, 40) and cfg.evaluation.secmi_timesteps == (50,)
     assert EvaluationConfig().attacks == ("learned-mlp-paper", "learned-mlp", "loss-threshold")  # opt-in
     for bad, msg in [
         ("evaluation.pia_timesteps=[]", "at least one timestep"),
@@ -161,7 +180,6 @@ def overfit():
             "train.max_grad_norm=0.0",
             f"evaluation.attacks={list(ATTACKS)}",
             "evaluation.pia_timesteps=[10, 50, 100, 200, 300]",
-            "evaluation.secmi_t=50",
             "evaluation.secmi_k=10",
             "evaluation.gradient_norm_timesteps=[50, 250, 450, 650, 850]",
         ],
@@ -197,6 +215,51 @@ def test_every_attack_finds_the_overfit_members_and_not_those_of_an_untouched_lo
         assert abs(found["reset"][a] - 0.5) < 0.3, (a, found)
 
 
+def test_the_new_attacks_find_the_overfit_members_and_not_those_of_an_untouched_lora(overfit):
+    """Calibrated attacks, CLiD, SimA over several t and offline LiRA, under the same protocol."""
+    import dataclasses
+
+    from fedlora.evaluation.membership import AuditModels
+
+    rt, sets, cfg = overfit.runtime, overfit.sets, overfit.cfg
+    ev = dataclasses.replace(
+        cfg.evaluation,
+        attacks=NEW_ATTACKS,
+        clid_timesteps=(50, 200, 500),
+        clid_draws=2,
+        lira_shadows=2,
+        score_norm_timesteps=(1, 10, 50, 100),
+        loss_attack_draws=8,
+    )
+    shadow_recipe = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, local_steps=100))
+    models = AuditModels(rt, shadow_recipe)
+    found, calibrated_scores = {}, {}
+    for name, view in [("overfit", ModelView(lora=overfit.trained)), ("reset", ModelView())]:
+        rt.show(view)
+        results = run_attacks(rt, sets, ev, 0, "test", models.reference, models.shadow)
+        assert list(results) == list(NEW_ATTACKS)
+        assert all(np.array_equal(rt.get_lora()[k], v) for k, v in rt.current.lora.items()) if view.lora else True
+        found[name] = {a: r.metrics["auc"] for a, r in results.items()}
+        calibrated_scores[name] = {a: r.scores for a, r in results.items() if a.endswith("-calibrated")}
+        for a, r in results.items():  # 24 aux non-members fix a 5 % threshold, not a 1 % one
+            assert r.metrics["tpr_at_5pct_fpr_aux"] is not None and r.metrics["tpr_at_1pct_fpr_aux"] is None, a
+    rt.show(ModelView(lora=overfit.trained))
+    print("AUC", found)
+    for a in NEW_ATTACKS:
+        assert found["overfit"][a] > 0.75, (a, found)
+        assert abs(found["reset"][a] - 0.5) < 0.3, (a, found)
+    # calibration against the base: the base model itself scores exactly 0 on every sample
+    assert all(np.all(s == 0) for s in calibrated_scores["reset"].values())
+
+
+def test_calibrated_attacks_refuse_an_audit_without_a_reference(overfit):
+    import dataclasses
+
+    ev = dataclasses.replace(overfit.cfg.evaluation, attacks=("loss-calibrated",))
+    with pytest.raises(ValueError, match="compares against the base model"):
+        run_attacks(overfit.runtime, overfit.sets, ev, seed=0)
+
+
 def test_choices_are_made_on_aux_only(overfit, monkeypatch):
     """Swapping the test labels flips the test AUC but leaves t, sign and threshold alone."""
     rt, s = overfit.runtime, overfit.sets
@@ -205,7 +268,7 @@ def test_choices_are_made_on_aux_only(overfit, monkeypatch):
     for attack in (
         lambda sets: pia.pia_attack(rt, sets, (10, 50, 100, 200, 300)),
         lambda sets: score_norm.score_norm_attack(rt, sets, (1, 10, 100)),
-        lambda sets: secmi.secmi_attack(rt, sets, 50, 10),
+        lambda sets: secmi.secmi_attack(rt, sets, (20, 50, 100), 10),
     ):
         a, b = attack(s), attack(swapped)
         for key in ("t", "sign", "threshold", "aux_auc"):

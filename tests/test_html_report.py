@@ -205,7 +205,7 @@ def test_dp_variants_and_old_summaries(tmp_path):
     old["privacy"]["global"]["broken"] = {"error": "attack diverged"}
     text = write_html_report(make_run(tmp_path / "c", old)).read_text()
     assert "no DP block" in text
-    assert "TPR@0.1%FPR: not recorded in this run" in text
+    assert "TPR@0.1%FPR test ROC: not recorded in this run" in text
     assert "attack diverged" in text
 
 

@@ -140,9 +140,36 @@ def test_low_fpr_tpr_is_reported_only_where_the_non_members_resolve_it():
     assert m["tpr_at_0.1pct_fpr"] is None and "150 non-members" in m["unmeasurable"]["tpr_at_0.1pct_fpr"]
     small = leakage_metrics(scores[:62], labels[:62], 0.0)  # 50 members, 12 non-members
     assert small["tpr_at_5pct_fpr"] is None and small["tpr_at_1pct_fpr"] is None
-    assert set(small["unmeasurable"]) == {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"}
+    assert {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"} <= set(small["unmeasurable"])
     big = np.repeat([True, False], [100, 1000])
     assert leakage_metrics(rng.normal(size=1100) + big, big, 0.0)["tpr_at_0.1pct_fpr"] is not None
+
+
+def test_aux_threshold_tpr_is_what_a_threshold_fixed_on_aux_gives_on_test():
+    from fedlora.evaluation.leakage import aux_fpr_threshold
+
+    neg = np.arange(100, dtype=float)  # aux non-members 0..99
+    tau = aux_fpr_threshold(neg, 0.05)
+    assert np.sum(neg >= tau) == 5 and np.sum(neg >= np.nextafter(tau, -np.inf)) == 6  # the lowest such
+    assert aux_fpr_threshold(neg, 0.001) > neg.max()  # no aux non-member may pass: above all of them
+
+    rng = np.random.default_rng(5)
+    aux_labels = np.repeat([True, False], [100, 200])
+    aux_scores = rng.normal(size=300) + 2 * aux_labels
+    test_labels = np.repeat([True, False], [100, 200])
+    shifted = (
+        rng.normal(size=300) + 2 * test_labels + 1.0
+    )  # test scores sit 1 higher: the aux threshold transfers badly
+    m = leakage_metrics(shifted, test_labels, 0.0, aux=(aux_scores, aux_labels))
+    assert m["n_aux_nonmembers"] == 200
+    tau = aux_fpr_threshold(aux_scores[~aux_labels], 0.05)
+    assert m["tpr_at_5pct_fpr_aux"] == np.mean(shifted[test_labels] >= tau)
+    assert m["fpr_at_5pct_fpr_aux"] == np.mean(shifted[~test_labels] >= tau) > 0.1  # far above the 5 % aimed at
+    assert m["tpr_at_5pct_fpr"] < m["tpr_at_5pct_fpr_aux"]  # the test-ROC oracle keeps FPR at 5 %: lower TPR
+    assert m["tpr_at_1pct_fpr_aux"] is not None and m["tpr_at_0.1pct_fpr_aux"] is None  # 200 aux non-members
+    assert "200 aux non-members" in m["unmeasurable"]["tpr_at_0.1pct_fpr_aux"]
+    plain = leakage_metrics(shifted, test_labels, 0.0)
+    assert plain["tpr_at_5pct_fpr_aux"] is None and "no held-out aux" in plain["unmeasurable"]["tpr_at_5pct_fpr_aux"]
 
 
 def test_auc_interval_covers_the_auc_and_shrinks_with_more_samples():

@@ -7,7 +7,7 @@ from test_html_report import attack, make_run, make_summary
 
 from fedlora.outputs import CONFIG_FILE, REPORT_FILE, REPORT_HTML, SAMPLES_FILE, SPLITS_FILE, SUMMARY_FILE
 from fedlora.registry import ATTACKS
-from fedlora.reports import write_markdown_report, write_reports
+from fedlora.reports import RunFolder, render_markdown, write_markdown_report, write_reports
 
 
 @pytest.fixture
@@ -35,11 +35,12 @@ def test_report_md_holds_the_run(run):
         "![ROC curves](roc.png)",
         "| target | attack | ASR | AUC | \\|AUC−0.5\\|/0.5 |",
         # n/m: TPR@0.1%FPR with 32 non-members (no reason recorded, and the summary's own reason)
-        "| global | loss-threshold | 0.742 | 0.871 [0.600, 0.800] | 0.742 | 0.125 | 0.062 | n/m | 32 | 32 |",
-        "| global | secmi | 0.550 | 0.600 | 0.200 | 0.125 | 0.062 | n/m | 32 | 32 |",
-        "| global | pia | 0.500 | 0.500 | 0.000 | 0.125 | 0.062 | 0.031 | 32 | 32 |",
-        "| client 0 | loss-threshold | 0.625 | 0.600 | 0.200 | n/m | 0.062 |",
-        "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 (1) | 0.062 | n/a | 32 | 32 |",
+        # (this older summary has no aux-threshold TPRs: those columns are n/a)
+        "| global | loss-threshold | 0.742 | 0.871 [0.600, 0.800] | 0.742 | 0.125 | n/a | 0.062 | n/a | n/m | n/a | 32 | 32 |",
+        "| global | secmi | 0.550 | 0.600 | 0.200 | 0.125 | n/a | 0.062 | n/a | n/m | n/a | 32 | 32 |",
+        "| global | pia | 0.500 | 0.500 | 0.000 | 0.125 | n/a | 0.062 | n/a | 0.031 | n/a | 32 | 32 |",
+        "| client 0 | loss-threshold | 0.625 | 0.600 | 0.200 | n/m | n/a | 0.062 |",
+        "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 (1) | n/a | 0.062 | n/a | n/a | n/a | 32 | 32 |",
         "n/m: not measurable",
         "Mechanism `dp-fedavg`: (ε = 2.500, δ = 1.0e-05).",
         "| caption-probe accuracy, final global model samples | 0.917 | 24 captions |",
@@ -112,4 +113,46 @@ def test_failed_attacks_and_client_means(tmp_path):
     text = write_markdown_report(make_run(tmp_path / "run", summary)).read_text()
     assert "| global | broken (attack diverged) | n/a | n/a |" in text
     assert "| all clients (mean) | pia | 0.500 |" in text  # the mean of the one client that has it
-    assert "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 | 0.062 | n/m | 32 | 32 |" in text
+    assert (
+        "| all clients (mean) | loss-threshold | 0.750 | 0.650 | 0.300 | 0.125 | n/a | 0.062 | n/a | n/m | n/a | 32 | 32 |"
+        in text
+    )
+
+
+def test_report_opens_with_the_verdict_and_shows_aux_threshold_tprs(tmp_path):
+    summary = make_summary()
+    m = summary["privacy"]["global"]["loss-threshold"]
+    m.update(
+        {"tpr_at_5pct_fpr_aux": 0.3, "fpr_at_5pct_fpr_aux": 0.07, "tpr_at_1pct_fpr_aux": None, "n_aux_nonmembers": 40}
+    )
+    summary["privacy"]["verdict"] = {
+        "global": {
+            "best_attack": "loss-threshold",
+            "attacks": 3,
+            "auc": 0.871,
+            "auc_ci": [0.6, 0.8],
+            "n_members": 32,
+            "n_nonmembers": 32,
+            "auc_ci_corrected": [0.55, 0.85],
+            "leaks": True,
+            "leaks_uncorrected": True,
+        },
+        "clients": {
+            "0": {"best_attack": "loss-threshold", "attacks": 1, "auc": 0.6, "leaks": False},
+            "1": {"best_attack": "loss-threshold", "attacks": 1, "auc": 0.9, "leaks": True},
+        },
+        "clients_leaking": 1,
+        "clients_leaking_uncorrected": 2,
+    }
+    text = render_markdown(RunFolder(make_run(tmp_path / "v", summary)))
+    verdict = [line for line in text.splitlines() if line.startswith("**")]
+    assert verdict[0] == (
+        "**The global model leaks: the best of 3 attacks (loss-threshold) separates members from "
+        "non-members with AUC 0.87 [0.60, 0.80] on 32 + 32 samples (95 % bootstrap interval; "
+        "corrected for picking the best of 3: [0.55, 0.85]).**"
+    )
+    assert verdict[1].startswith("**1 of 2 client updates, as the server sees them, leak") and "client 1" in verdict[1]
+    assert "uncorrected 95 % intervals exclude 0.5 for 2 of 2" in verdict[1] and "client 0" not in verdict[1]
+    assert text.index(verdict[0]) < text.index("## Splits")  # the report opens with it
+    row = next(line for line in text.splitlines() if line.startswith("| global | loss-threshold"))
+    assert "| 0.125 | 0.300 FPR 0.070 | 0.062 | n/m |" in row  # 40 aux non-members cannot fix a 1 % threshold

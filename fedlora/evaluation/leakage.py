@@ -7,6 +7,12 @@ largest TPR on the ROC curve whose FPR does not exceed the target (Carlini et al
 only where it can be measured: with n non-members the smallest non-zero FPR is 1/n, so TPR at
 FPR x is reported only when n >= 1/x (otherwise None, with the reason in ``unmeasurable``). The
 AUC gets a stratified percentile-bootstrap confidence interval.
+
+TPR read off the test ROC uses the threshold that the test non-members themselves put at FPR x:
+an oracle no attacker has. The ``*_aux`` keys are what an attacker gets: the threshold is fixed
+where the *aux* non-members' FPR is x, then applied to D_te, which yields a TPR and a realised
+FPR (``fpr_at_*_aux``) that may differ from x (CopyMark: AUC 1.0 with 51 % FPR at a transferred
+threshold).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-LOW_FPRS = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01, "tpr_at_5pct_fpr": 0.05}
+LOW_FPRS = {"tpr_at_0.1pct_fpr": 0.001, "tpr_at_1pct_fpr": 0.01, "tpr_at_5pct_fpr": 0.05}  # test ROC (oracle)
+AUX_FPRS = {f"{k}_aux": v for k, v in LOW_FPRS.items()}  # threshold fixed on aux, applied to D_te
+REALISED_FPR = {k: "fpr" + k.removeprefix("tpr") for k in AUX_FPRS}  # its FPR on D_te
 LEAKAGE_KEYS = (
     "auc",
     "auc_dev",
@@ -22,10 +30,18 @@ LEAKAGE_KEYS = (
     "auc_ci_high",
     "asr",
     *LOW_FPRS,
+    *AUX_FPRS,
+    *REALISED_FPR.values(),
     "n_members",
     "n_nonmembers",
+    "n_aux_nonmembers",
     "unmeasurable",
 )
+KEY_MEANINGS = {
+    **{k: f"TPR at {v:.1%} FPR read off the test ROC (the threshold is an oracle's)" for k, v in LOW_FPRS.items()},
+    **{k: f"TPR on D_te at the threshold where the aux non-members' FPR is {v:.1%}" for k, v in AUX_FPRS.items()},
+    **{v: f"the FPR on D_te at that aux threshold ({k})" for k, v in REALISED_FPR.items()},
+}
 BOOTSTRAP_RESAMPLES = 1000
 CI_LEVEL = 0.95
 
@@ -91,10 +107,25 @@ def auc_interval(
     return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
 
 
-def leakage_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float, seed: int = 0) -> dict:
+def aux_fpr_threshold(aux_nonmember_scores: np.ndarray, target: float) -> float:
+    """The lowest threshold at which at most a ``target`` fraction of the aux non-members score >= it."""
+    neg = np.sort(np.asarray(aux_nonmember_scores, dtype=np.float64))[::-1]
+    allowed = int(np.floor(target * len(neg) + 1e-9))  # how many non-members may lie at or above it
+    return float(np.nextafter(neg[allowed], np.inf)) if allowed < len(neg) else float(-np.inf)
+
+
+def leakage_metrics(
+    scores: np.ndarray,
+    is_member: np.ndarray,
+    threshold: float,
+    seed: int = 0,
+    aux: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """Every leakage number for one attack on one target, with its sample sizes.
 
-    TPR at an FPR the non-members cannot resolve is None, and ``unmeasurable`` says why.
+    ``aux`` = (scores, is_member) of the aux samples the attack calibrated on (oriented like
+    ``scores``); without it the aux-threshold TPRs are None. A TPR at an FPR the non-members
+    cannot resolve is None too, and ``unmeasurable`` says why.
     """
     scores, is_member = _check(scores, is_member)
     fpr, tpr, _ = roc_curve(is_member, scores)
@@ -115,7 +146,29 @@ def leakage_metrics(scores: np.ndarray, is_member: np.ndarray, threshold: float,
         else:
             out[key] = None
             unmeasurable[key] = f"{n_non} non-members resolve FPR only down to 1/{n_non} = {1 / n_non:.3g} > {target:g}"
-    out.update(n_members=int(is_member.sum()), n_nonmembers=n_non, unmeasurable=unmeasurable)
+    n_aux_non = None
+    if aux is None:
+        for key in AUX_FPRS:
+            out[key] = out[REALISED_FPR[key]] = None
+            unmeasurable[key] = "this attack keeps no held-out aux scores to fix a threshold on"
+    else:
+        aux_scores, aux_member = _check(*aux)
+        aux_neg = aux_scores[~aux_member]
+        n_aux_non = len(aux_neg)
+        for key, target in AUX_FPRS.items():
+            if n_aux_non * target >= 1 - 1e-9:
+                tau = aux_fpr_threshold(aux_neg, target)
+                out[key] = float(np.mean(scores[is_member] >= tau))
+                out[REALISED_FPR[key]] = float(np.mean(scores[~is_member] >= tau))
+            else:
+                out[key] = out[REALISED_FPR[key]] = None
+                unmeasurable[key] = (
+                    f"{n_aux_non} aux non-members fix a threshold only down to FPR 1/{n_aux_non} = "
+                    f"{1 / n_aux_non:.3g} > {target:g}"
+                )
+    out.update(
+        n_members=int(is_member.sum()), n_nonmembers=n_non, n_aux_nonmembers=n_aux_non, unmeasurable=unmeasurable
+    )
     return out
 
 

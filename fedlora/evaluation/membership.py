@@ -8,13 +8,17 @@ and stated next to every number.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ..config import ExperimentConfig
 from ..data import ImageDataset, Splits
 from ..models.lora import ModelView
 from .attacks import AttackResult, AttackSets, Samples, SampleSet, run_attacks
+from .leakage import KEY_MEANINGS
+from .verdict import run_verdict
 
 
 def attack_sets(runtime: Any, dataset: ImageDataset, splits: Splits, clients: list[int]) -> AttackSets:
@@ -40,17 +44,48 @@ def evaluate_membership(
     if not cfg.evaluation.attacks:
         return privacy, {}
     seed = cfg.run.seed * 1000 + 17
+    models = AuditModels(runtime, cfg)
     runtime.show(global_view)
     every = list(range(cfg.federation.num_clients))
-    results = run_attacks(
-        runtime, attack_sets(runtime, dataset, splits, every), cfg.evaluation, seed, desc="attack global"
-    )
-    privacy["global"] = {name: r.metrics | {"details": r.details} for name, r in results.items()}
+    sets = attack_sets(runtime, dataset, splits, every)
+    results = run_attacks(runtime, sets, cfg.evaluation, seed, "attack global", models.reference, models.shadow)
+    privacy["global"] = _entries(results)
+    client_results: dict[str, dict[str, AttackResult]] = {}
     if cfg.evaluation.attack_clients:
         for cid in sorted(client_views):
             runtime.show(client_views[cid])
             sets = attack_sets(runtime, dataset, splits, [cid])
-            res = run_attacks(runtime, sets, cfg.evaluation, seed + 1 + cid, desc=f"attack client {cid}")
-            privacy["clients"][str(cid)] = {name: r.metrics | {"details": r.details} for name, r in res.items()}
+            client_results[str(cid)] = run_attacks(
+                runtime, sets, cfg.evaluation, seed + 1 + cid, f"attack client {cid}", models.reference, models.shadow
+            )
+    privacy["clients"] = {cid: _entries(res) for cid, res in client_results.items()}
+    privacy["verdict"] = run_verdict(results, client_results)
+    privacy["metric_keys"] = KEY_MEANINGS
     runtime.show(global_view)
     return privacy, results
+
+
+def _entries(results: Mapping[str, AttackResult]) -> dict[str, dict[str, Any]]:
+    return {name: r.metrics | {"details": r.details} for name, r in results.items()}
+
+
+class AuditModels:
+    """The other models an attacker may query: the public base, and shadow LoRAs it trains itself."""
+
+    def __init__(self, runtime: Any, cfg: ExperimentConfig):
+        self.runtime, self.cfg = runtime, cfg
+
+    def reference(self) -> AbstractContextManager[None]:
+        return self.runtime.showing(ModelView())
+
+    @contextmanager
+    def shadow(self, samples: SampleSet, seed: int) -> Iterator[None]:
+        """A fresh LoRA from the base, trained on ``samples`` with the run's recipe (all rounds' steps)."""
+        from ..privacy.objectives import LoraObjective
+        from ..training import train_lora
+
+        train = self.cfg.train
+        recipe = dataclasses.replace(train, local_steps=train.local_steps * self.cfg.federation.rounds)
+        with self.runtime.showing(ModelView()):
+            train_lora(self.runtime, samples, recipe, LoraObjective(), seed)
+            yield

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.leakage import LOW_FPRS
+from ..evaluation.leakage import AUX_FPRS, LOW_FPRS, REALISED_FPR
 from ..registry import ATTACKS, Entry
 from .summary import Metrics, Privacy, as_number
 
@@ -27,9 +27,12 @@ LEAKAGE_COLUMNS = (
     Column("asr", "ASR", ".3f"),
     Column("auc", "AUC", ".3f"),
     Column("auc_dev", "|AUC−0.5|/0.5", ".3f"),
-    Column("tpr_at_5pct_fpr", "TPR@5%FPR", ".3f"),
-    Column("tpr_at_1pct_fpr", "TPR@1%FPR", ".3f"),
-    Column("tpr_at_0.1pct_fpr", "TPR@0.1%FPR", ".3f"),
+    Column("tpr_at_5pct_fpr", "TPR@5%FPR test ROC", ".3f"),
+    Column("tpr_at_5pct_fpr_aux", "TPR@5%FPR aux thr.", ".3f"),
+    Column("tpr_at_1pct_fpr", "TPR@1%FPR test ROC", ".3f"),
+    Column("tpr_at_1pct_fpr_aux", "TPR@1%FPR aux thr.", ".3f"),
+    Column("tpr_at_0.1pct_fpr", "TPR@0.1%FPR test ROC", ".3f"),
+    Column("tpr_at_0.1pct_fpr_aux", "TPR@0.1%FPR aux thr.", ".3f"),
     Column("n_members", "members", "d"),
     Column("n_nonmembers", "non-members", "d"),
 )
@@ -37,8 +40,10 @@ COLUMN = {c.key: c for c in LEAKAGE_COLUMNS}
 
 LEGEND = (
     "ASR: accuracy at the attack's chosen threshold. |AUC−0.5|/0.5 counts an inverted signal as leakage too. "
-    "TPR at a fixed FPR: the largest TPR on the ROC curve whose FPR does not exceed it. AUC brackets, where "
-    "recorded: confidence interval."
+    "TPR at a fixed FPR, test ROC: the largest TPR on the test ROC curve whose FPR does not exceed it (an oracle's "
+    "threshold, set by the test non-members); aux thr.: the TPR on D_te at the threshold where the aux "
+    "non-members' FPR is that value, with the FPR it really has on D_te in small print (what an attacker gets). "
+    "AUC brackets, where recorded: confidence interval."
 )
 NOT_MEASURABLE = "with n non-members the smallest non-zero FPR is 1/n, so TPR at FPR x needs n ≥ 1/x non-members"
 
@@ -74,12 +79,24 @@ def attack_message(metrics: Metrics) -> str | None:
     return None
 
 
+def _resolution(key: str) -> tuple[str, float] | None:
+    """(the count that must resolve the FPR, the FPR) of a low-FPR key; None for other keys."""
+    if key in LOW_FPRS:
+        return "n_nonmembers", LOW_FPRS[key]
+    if key in AUX_FPRS:
+        return "n_aux_nonmembers", AUX_FPRS[key]
+    return None
+
+
 def unresolvable(metrics: Metrics, key: str) -> bool:
-    """A TPR at an FPR the non-members cannot resolve: reported as "n/m" (not measurable)."""
-    if key not in LOW_FPRS or key not in metrics or metrics.number(key) is not None:
+    """A TPR at an FPR the (aux) non-members cannot resolve: reported as "n/m" (not measurable)."""
+    resolution = _resolution(key)
+    if resolution is None or key not in metrics or metrics.number(key) is not None:
         return False
-    n = metrics.number("n_nonmembers")
-    return key in metrics.block("unmeasurable") or (n is not None and n < round(1 / LOW_FPRS[key]))
+    n = metrics.number(resolution[0])
+    if n is None:
+        return key in LOW_FPRS and key in metrics.block("unmeasurable")
+    return n < round(1 / resolution[1])
 
 
 def missing_reason(metrics: Metrics, key: str) -> str:
@@ -93,9 +110,12 @@ def missing_reason(metrics: Metrics, key: str) -> str:
                 return str(source.block(k)[key])
     if key not in metrics:
         return "not recorded in this run"
-    n = metrics.number("n_nonmembers")
-    if unresolvable(metrics, key) and n is not None:
-        return f"needs ≥ {round(1 / LOW_FPRS[key])} non-members, has {int(n)}"
+    resolution = _resolution(key)
+    if resolution is not None and unresolvable(metrics, key):
+        n = metrics.number(resolution[0])
+        who = "aux non-members" if key in AUX_FPRS else "non-members"
+        if n is not None:
+            return f"needs ≥ {round(1 / resolution[1])} {who}, has {int(n)}"
     return attack_message(metrics) or "not measurable"
 
 
@@ -151,6 +171,8 @@ def _cell(metrics: Metrics, column: Column, unrecorded: tuple[Column, ...]) -> C
     if column.key == "auc":
         lo, hi = metrics.number("auc_ci_low"), metrics.number("auc_ci_high")
         note = "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+    elif column.key in REALISED_FPR and metrics.number(REALISED_FPR[column.key]) is not None:
+        note = f"FPR {metrics.number(REALISED_FPR[column.key]):.3f}"
     return Cell(fmt(value, column.spec), note)
 
 

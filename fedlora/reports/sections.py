@@ -126,6 +126,7 @@ def quality_table(q: Metrics) -> Table:
 class Sections:
     """What both reports show of a run folder; None where the file it comes from is missing or unreadable."""
 
+    verdict: tuple[str, ...]  # one sentence per audited view (none for runs from before the verdict)
     splits: SplitSizes | None
     rounds: Table | None  # no rows: metrics.jsonl holds no rounds
     leakage: LeakageTable | None
@@ -136,9 +137,71 @@ class Sections:
     def of(cls, folder: RunFolder) -> Sections:
         s = folder.summary
         return cls(
+            verdict=() if s is None or s.privacy.verdict is None else verdict_sentences(s.privacy.verdict),
             splits=None if folder.splits is None else split_sizes(folder.splits),
             rounds=None if folder.metrics is None else round_table(folder.metrics),
             leakage=None if s is None else leakage_table(s.privacy),
             quality=None if s is None else quality_table(s.quality),
             dp=None if s is None else dp_guarantee(s.privacy.dp),
         )
+
+
+def _interval(v: Metrics, key: str) -> str:
+    low, high = (as_number(x) for x in (v.get(key) or [None, None]))
+    return "[n/a]" if low is None or high is None else f"[{low:.2f}, {high:.2f}]"
+
+
+def _global_sentence(v: Metrics) -> str:
+    k = int(v.number("attacks") or 1)
+    best = f"the best of {k} attacks ({v.get('best_attack')})" if k > 1 else f"its one attack ({v.get('best_attack')})"
+    auc = f"AUC {fmt(v.number('auc'), '.2f')} {_interval(v, 'auc_ci')}"
+    n = f"{fmt(v.number('n_members'), 'd')} + {fmt(v.number('n_nonmembers'), 'd')} samples"
+    corrected = _interval(v, "auc_ci_corrected")
+    if v.get("leaks"):
+        return (
+            f"The global model leaks: {best} separates members from non-members with {auc} on {n} "
+            f"(95 % bootstrap interval; corrected for picking the best of {k}: {corrected})."
+        )
+    if v.get("leaks_uncorrected"):
+        return (
+            f"The global model shows weak evidence of leakage: {best} reaches {auc} on {n}, but its interval "
+            f"corrected for picking the best of {k} ({corrected}) covers chance (0.5)."
+        )
+    return (
+        f"No attack tells the global model's members from non-members: {best} has {auc} on {n}, an interval "
+        "that covers chance (0.5)."
+    )
+
+
+def _clients_sentence(v: Metrics) -> str:
+    clients = v.block("clients")
+    m, leaking = len(clients), int(v.number("clients_leaking") or 0)
+    uncorrected = int(v.number("clients_leaking_uncorrected") or 0)
+    first: Any = next(iter(clients.values()), {})
+    k = int(as_number(first.get("attacks")) or 1) if isinstance(first, Mapping) else 1
+    which = [
+        f"client {c} ({b.get('best_attack')}, AUC {fmt(as_number(b.get('auc')), '.2f')})"
+        for c, b in clients.items()
+        if isinstance(b, Mapping) and b.get("leaks")
+    ]
+    rule = f"its best attack's interval, Bonferroni-corrected for {m} clients × {k} attacks, excludes 0.5"
+    if leaking:
+        lead = f"{leaking} of {m} client updates, as the server sees them, leak ({rule}: {', '.join(which)})"
+    else:
+        lead = f"No client update, as the server sees it, leaks by the rule that {rule}"
+    if uncorrected == 0:
+        return f"{lead}; no uncorrected 95 % interval excludes 0.5 either."
+    return (
+        f"{lead}; uncorrected 95 % intervals exclude 0.5 for {uncorrected} of {m}, which taking the best of "
+        f"{m * k} tests can produce by chance alone."
+    )
+
+
+def verdict_sentences(verdict: Metrics) -> tuple[str, ...]:
+    """The reports' opening: does each audited view leak, by the strongest attack and its interval."""
+    out = []
+    if verdict.block("global"):
+        out.append(_global_sentence(verdict.block("global")))
+    if verdict.block("clients"):
+        out.append(_clients_sentence(verdict))
+    return tuple(out)

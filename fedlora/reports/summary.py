@@ -127,17 +127,28 @@ class Privacy:
     clients: dict[str, Attacks] = field(default_factory=dict)  # client id -> attacks on its last update
     dp: Metrics | None = None  # None: a run from before DP reporting
     clients_from: str | None = None  # where the client rows come from when not from this evaluation
+    verdict: Metrics | None = None  # per view: the best attack and whether its corrected interval excludes 0.5
+    metric_keys: Metrics | None = None  # what each leakage key means (test-ROC vs aux-threshold TPR)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Privacy:
-        known, extra = _split(cls, data, {"global_model": Mapping, "clients": Mapping, "dp": Mapping})
+        shapes = {
+            "global_model": Mapping,
+            "clients": Mapping,
+            "dp": Mapping,
+            "verdict": Mapping,
+            "metric_keys": Mapping,
+        }
+        known, extra = _split(cls, data, shapes)
         # a client entry that is not an object has no attack to show
         clients = {str(c): _attacks(a) for c, a in known.pop("clients", {}).items() if isinstance(a, Mapping)}
         return cls(
             global_model=_attacks(known.pop("global_model", {})),
             clients=clients,
             dp=Metrics(known.pop("dp")) if "dp" in known else None,
+            verdict=Metrics(known.pop("verdict")) if "verdict" in known else None,
+            metric_keys=Metrics(known.pop("metric_keys")) if "metric_keys" in known else None,
             **known,
             extra=extra,
         )
@@ -148,6 +159,8 @@ class Privacy:
             global_model={a: dict(m) for a, m in self.global_model.items()},
             clients={c: {a: dict(m) for a, m in attacks.items()} for c, attacks in self.clients.items()},
             dp=None if self.dp is None else dict(self.dp),
+            verdict=None if self.verdict is None else dict(self.verdict),
+            metric_keys=None if self.metric_keys is None else dict(self.metric_keys),
         )
 
     def attack_names(self) -> list[str]:

@@ -14,6 +14,8 @@ from . import pia  # noqa: F401
 from . import secmi  # noqa: F401
 from . import score_norm  # noqa: F401
 from . import gradient_norm  # noqa: F401
+from . import clid  # noqa: F401
+from . import lira  # noqa: F401
 
 # isort: on
 from .base import AttackContext, AttackFn, AttackResult, AttackSets, AttackTarget, Samples, SampleSet

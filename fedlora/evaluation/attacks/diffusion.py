@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ..leakage import best_threshold
-from .base import AttackResult, AttackSets, SampleSet, attack_result, labelled
+from .base import AttackResult, AttackSets, SampleSet, attack_result, calibrated, labelled
 
 BATCH = 256
 
@@ -105,7 +106,21 @@ def oriented(aucs: Sequence[float], from_aux: bool) -> tuple[int, float]:
 
 
 # (model, samples, timesteps, p) -> (len(timesteps), N) scores, higher = member in the paper's sign
-TimestepScores = Callable[[DiffusionModel, SampleSet, Sequence[int], float], np.ndarray]
+TimestepScores = Callable[[DiffusionModel, SampleSet, Sequence[int], Any], np.ndarray]
+
+
+Reference = Callable[[], AbstractContextManager[Any]]
+
+
+def _table(
+    scores: TimestepScores, model: DiffusionModel, p: float | None, reference: Reference | None, magnitude: bool
+) -> Callable[[SampleSet, Sequence[int]], np.ndarray]:
+    """The score table, calibrated against the base if asked (on the log scale for magnitudes)."""
+
+    def table(samples: SampleSet, ts: Sequence[int]) -> np.ndarray:
+        return scores(model, samples, ts, p)
+
+    return calibrated(table, reference, log_magnitude=magnitude) if reference else table
 
 
 def timestep_attack(
@@ -113,17 +128,18 @@ def timestep_attack(
     model: DiffusionModel,
     sets: AttackSets,
     timesteps: Sequence[int],
-    p: float,
+    p: float | None,
     from_aux: bool,
     key: str,
+    reference: Reference | None = None,
+    magnitude: bool = True,
 ) -> AttackResult:
     """Pick t (and, if ``from_aux``, the sign) by aux AUC, then the threshold on aux; only then
-    score D_te, at that t alone. ``key`` names the config key of ``timesteps`` in errors."""
+    score D_te, at that t alone. ``key`` names the config key of ``timesteps`` in errors;
+    ``reference`` turns the score into its difference from the base model's (calibration),
+    on the log scale when the score is a negated ``magnitude`` (an error or a norm)."""
     timesteps = check_timesteps(key, timesteps, num_timesteps(model))
-
-    def table(samples: SampleSet, ts: Sequence[int]) -> np.ndarray:
-        return scores(model, samples, ts, p)
-
+    table = _table(scores, model, p, reference, magnitude)
     aux, aux_member = labelled(sets.member_aux, sets.nonmember_aux)
     aux_table = table(aux, timesteps)
     aucs = [auc(row, aux_member) for row in aux_table]
@@ -134,6 +150,65 @@ def timestep_attack(
     test_scores = sign * table(test, [t])[0]
     per_t = {f"aux_auc_t{ts}": a for ts, a in zip(timesteps, aucs)}  # in the paper's orientation
     best_auc = aucs[best] if sign > 0 else 1.0 - aucs[best]
+    aux_scores = (sign * aux_table[best], aux_member)
+    norm = {} if p is None else {"p": float(p)}  # the statistic's exponent, where it has one
     return attack_result(
-        test_scores, test_member, threshold, t=float(t), sign=sign, aux_auc=best_auc, **per_t, p=float(p)
+        test_scores, test_member, threshold, aux=aux_scores, t=float(t), sign=sign, aux_auc=best_auc, **per_t, **norm
+    )
+
+
+def multi_timestep_attack(
+    scores: TimestepScores,
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int],
+    p: float,
+    from_aux: bool,
+    key: str,
+    reference: Reference | None = None,
+    magnitude: bool = True,
+) -> AttackResult:
+    """The statistic summed over a *set* of timesteps, the set grown greedily on aux.
+
+    Each candidate t's aux row is oriented (sign from aux if ``from_aux``) and standardised with
+    the aux mean and std; starting from the best single t, the t that most raises the aux AUC of
+    the mean standardised score is added until none does. D_te is scored once, on that set, with
+    the aux standardisation.
+    """
+    timesteps = check_timesteps(key, timesteps, num_timesteps(model))
+    table = _table(scores, model, p, reference, magnitude)
+    aux, aux_member = labelled(sets.member_aux, sets.nonmember_aux)
+    rows = table(aux, timesteps)
+    aucs = [auc(row, aux_member) for row in rows]
+    signs = np.array([oriented([a], from_aux)[1] for a in aucs])
+    mean, std = rows.mean(1), rows.std(1) + 1e-12
+    z = signs[:, None] * (rows - mean[:, None]) / std[:, None]
+
+    def strength(chosen: list[int]) -> float:
+        return auc(z[chosen].mean(0), aux_member)
+
+    chosen = [int(np.argmax([strength([i]) for i in range(len(timesteps))]))]
+    while len(chosen) < len(timesteps):
+        rest = [i for i in range(len(timesteps)) if i not in chosen]
+        gains = [strength(chosen + [i]) for i in rest]
+        if max(gains) <= strength(chosen):
+            break
+        chosen.append(rest[int(np.argmax(gains))])
+    chosen.sort()
+    ts = [timesteps[i] for i in chosen]
+    aux_scores = z[chosen].mean(0)
+    threshold = best_threshold(aux_scores, aux_member)
+    test, test_member = labelled(sets.member_test, sets.nonmember_test)
+    test_rows = table(test, ts)
+    idx = np.array(chosen)
+    test_z = signs[idx, None] * (test_rows - mean[idx, None]) / std[idx, None]
+    return attack_result(
+        test_z.mean(0),
+        test_member,
+        threshold,
+        aux=(aux_scores, aux_member),
+        n_timesteps=float(len(ts)),
+        timesteps=" ".join(str(t) for t in ts),
+        aux_auc=strength(chosen),
+        p=float(p),
     )

@@ -122,6 +122,7 @@ def gradient_norm_attack(
         clf.decision_function(x_test),
         test_member,
         threshold,
+        aux=(oof, aux_member),
         aux_cv_auc=auc(oof, aux_member),
         n_features=float(x_aux.shape[1]),
         n_timesteps=float(len(ts)),

@@ -94,7 +94,7 @@ def learned_mlp_attacks(
     in_features = sets.member_aux.latents[0].numel()
     runs = {name: _MlpRun(in_features, cfg, seed + i) for i, name in enumerate((PAPER, HONEST)) if name in want}
     paper_history: list[np.ndarray] = []
-    honest_history: list[tuple[float, float, float, np.ndarray]] = []
+    honest_history: list[tuple[float, float, float, np.ndarray, np.ndarray]] = []
 
     def maps(samples: SampleSet) -> torch.Tensor:
         draws = [model.loss_maps(samples, gen) for _ in range(cfg.attack_feature_draws)]
@@ -112,7 +112,7 @@ def learned_mlp_attacks(
             threshold = best_threshold(val_scores, val_member)
             val_acc = float(np.mean((val_scores >= threshold) == val_member))
             val_auc = float(roc_auc_score(val_member, val_scores))
-            honest_history.append((val_auc, val_acc, threshold, run.scores(t_maps)))
+            honest_history.append((val_auc, val_acc, threshold, run.scores(t_maps), val_scores))
     out: dict[str, AttackResult] = {}
     if PAPER in runs:
         asrs = [float(np.mean((s >= 0.5) == test_member)) for s in paper_history]
@@ -122,11 +122,12 @@ def learned_mlp_attacks(
         # the best held-out AUC; ties go to the later epoch (more training, same evidence)
         aucs = np.array([h[0] for h in honest_history])
         best = int(np.flatnonzero(aucs == aucs.max())[-1])
-        val_auc, val_acc, threshold, scores = honest_history[best]
+        val_auc, val_acc, threshold, scores, val_scores = honest_history[best]
         out[HONEST] = attack_result(
             scores,
             test_member,
             threshold,
+            aux=(val_scores, val_member),
             epoch=float(best + 1),
             val_auc=val_auc,
             val_accuracy=val_acc,

@@ -9,15 +9,7 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import (
-    DiffusionModel,
-    alphas,
-    batches,
-    eps_theta,
-    eval_mode,
-    noised,
-    timestep_attack,
-)
+from .diffusion import DiffusionModel, Reference, alphas, batches, eps_theta, eval_mode, noised, timestep_attack
 
 
 @torch.no_grad()
@@ -47,9 +39,10 @@ def pia_attack(
     p: float = 4.0,
     sign_from_aux: bool = True,
     key: str = "evaluation.pia_timesteps",
+    reference: Reference | None = None,
 ) -> AttackResult:
     """PIA with t picked on D_aux, not the repo's best-on-test t."""
-    return timestep_attack(pia_scores, model, sets, timesteps, p, sign_from_aux, key)
+    return timestep_attack(pia_scores, model, sets, timesteps, p, sign_from_aux, key, reference)
 
 
 @ATTACKS.register(
@@ -58,5 +51,21 @@ def pia_attack(
     description="−Σ|ε_θ(x_t, t) − ε₀|⁴ with ε₀ = ε_θ(x₀, 0) and x_t built from ε₀; t and sign picked on aux",
 )
 def pia(ctx: AttackContext) -> AttackResult:
-    cfg = ctx.cfg
-    return pia_attack(ctx.target, ctx.sets, cfg.pia_timesteps, sign_from_aux=cfg.diffusion_attack_sign == "from-aux")
+    return pia_attack(
+        ctx.target, ctx.sets, ctx.cfg.pia_timesteps, sign_from_aux=ctx.cfg.diffusion_attack_sign == "from-aux"
+    )
+
+
+@ATTACKS.register(
+    "pia-calibrated",
+    reference="Kong et al., ICLR 2024; Watson et al., ICLR 2022 (calibration)",
+    description="PIA's score under the audited model minus under the public base model; t and sign picked on aux",
+)
+def pia_calibrated(ctx: AttackContext) -> AttackResult:
+    return pia_attack(
+        ctx.target,
+        ctx.sets,
+        ctx.cfg.pia_timesteps,
+        sign_from_aux=ctx.cfg.diffusion_attack_sign == "from-aux",
+        reference=ctx.need_reference("pia-calibrated"),
+    )

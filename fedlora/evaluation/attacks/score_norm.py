@@ -1,4 +1,4 @@
-"""SimA's single-query score norm (Rao et al., arXiv 2509.25003)."""
+"""SimA's score norm (Rao et al., arXiv 2509.25003): at one timestep, over several, and calibrated."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, batches, eps_theta, eval_mode, timestep_attack
+from .diffusion import DiffusionModel, Reference, batches, eps_theta, eval_mode, multi_timestep_attack, timestep_attack
+
+KEY = "evaluation.score_norm_timesteps"
 
 
 @torch.no_grad()
@@ -37,10 +39,15 @@ def score_norm_attack(
     timesteps: Sequence[int],
     p: float = 4.0,
     sign_from_aux: bool = True,
-    key: str = "evaluation.score_norm_timesteps",
+    key: str = KEY,
+    reference: Reference | None = None,
 ) -> AttackResult:
     """SimA with t picked on D_aux."""
-    return timestep_attack(score_norm_scores, model, sets, timesteps, p, sign_from_aux, key)
+    return timestep_attack(score_norm_scores, model, sets, timesteps, p, sign_from_aux, key, reference)
+
+
+def _from_aux(ctx: AttackContext) -> bool:
+    return ctx.cfg.diffusion_attack_sign == "from-aux"
 
 
 @ATTACKS.register(
@@ -49,11 +56,33 @@ def score_norm_attack(
     description="−‖ε_θ(x₀, t)‖₄⁴ at the clean latent; t and sign picked on aux",
 )
 def score_norm(ctx: AttackContext) -> AttackResult:
+    return score_norm_attack(ctx.target, ctx.sets, ctx.cfg.score_norm_timesteps, ctx.cfg.score_norm_p, _from_aux(ctx))
+
+
+@ATTACKS.register(
+    "score-norm-multi",
+    reference="Rao et al., arXiv 2509.25003 (SimA over several timesteps)",
+    description="SimA's norm summed over a set of timesteps (standardised on aux), the set grown greedily by aux AUC",
+)
+def score_norm_multi(ctx: AttackContext) -> AttackResult:
+    cfg = ctx.cfg
+    return multi_timestep_attack(
+        score_norm_scores, ctx.target, ctx.sets, cfg.score_norm_timesteps, cfg.score_norm_p, _from_aux(ctx), KEY
+    )
+
+
+@ATTACKS.register(
+    "score-norm-calibrated",
+    reference="Rao et al., arXiv 2509.25003; Watson et al., ICLR 2022 (calibration)",
+    description="SimA's norm under the audited model minus under the public base model; t and sign picked on aux",
+)
+def score_norm_calibrated(ctx: AttackContext) -> AttackResult:
     cfg = ctx.cfg
     return score_norm_attack(
         ctx.target,
         ctx.sets,
         cfg.score_norm_timesteps,
         cfg.score_norm_p,
-        sign_from_aux=cfg.diffusion_attack_sign == "from-aux",
+        _from_aux(ctx),
+        reference=ctx.need_reference("score-norm-calibrated"),
     )

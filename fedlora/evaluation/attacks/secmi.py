@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from ...registry import ATTACKS
-from ..leakage import best_threshold
-from .base import AttackContext, AttackResult, AttackSets, SampleSet, attack_result, labelled
-from .diffusion import DiffusionModel, alphas, auc, batches, eps_theta, eval_mode, num_timesteps, oriented
+from .base import AttackContext, AttackResult, AttackSets, SampleSet
+from .diffusion import DiffusionModel, Reference, alphas, batches, eps_theta, eval_mode, num_timesteps, timestep_attack
+
+KEY = "evaluation.secmi_timesteps"
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: float) -> torch.Tensor:
@@ -21,65 +24,92 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_from: float, alpha_to: f
     return alpha_to**0.5 * x0_pred + (1.0 - alpha_to) ** 0.5 * eps
 
 
+def secmi_grid(t_sec: int, k: int) -> tuple[list[int], int]:
+    """The released code's stepping: invert 0 → t_e in steps of k, t_e = the last multiple of k
+    below t_sec (t_sec − k when k divides it), then one step up to t_e + k and back to t_e."""
+    grid = list(range(0, t_sec, k))
+    return grid, grid[-1] + k
+
+
 @torch.no_grad()
 def secmi_scores(model: DiffusionModel, samples: SampleSet, t_sec: int = 100, k: int = 10) -> np.ndarray:
-    """−‖x̃_{t_sec} − x_{t_sec}‖² (the negated t-error).
+    """−‖x̃_{t_e} − x_{t_e}‖² (the negated t-error at t_e, see ``secmi_grid``).
 
-    x_0 is DDIM-inverted to x_{t_sec} in steps of k, moved one more step up to t_sec + k and
-    denoised back; members reconstruct better. The eta = 0 DDIM steps are written from ᾱ here
-    (``ddim_step``), not taken from a diffusers scheduler, so that the timestep grid and the
-    inversion direction are explicit. Returns (N,); t_sec/k + 2 queries per sample.
+    x_0 is DDIM-inverted to x_{t_e} in steps of k, moved one step up to t_e + k (= t_sec when k
+    divides t_sec) and denoised back; members reconstruct better. As the released code does
+    (``get_intermediate_results``: targets ``range(0, t_sec, k)[1:]``, then t_e → t_e + k → t_e).
+    The eta = 0 DDIM steps are written from ᾱ here (``ddim_step``). Returns (N,); t_e/k + 2
+    queries per sample.
     """
     unet, a = model.unet, alphas(model)
-    grid = list(range(0, t_sec, k)) + [t_sec]
-    up = t_sec + k
+    grid, up = secmi_grid(t_sec, k)
+    t_e = grid[-1]
     out = np.zeros(len(samples))
     with eval_mode(unet):
         for sl in batches(len(samples)):
             x, c = samples.latents[sl].float(), samples.cond[sl]
             for t_from, t_to in zip(grid[:-1], grid[1:]):
                 x = ddim_step(x, eps_theta(unet, x, t_from, c), float(a[t_from]), float(a[t_to]))
-            x_up = ddim_step(x, eps_theta(unet, x, t_sec, c), float(a[t_sec]), float(a[up]))
-            x_back = ddim_step(x_up, eps_theta(unet, x_up, up, c), float(a[up]), float(a[t_sec]))
+            x_up = ddim_step(x, eps_theta(unet, x, t_e, c), float(a[t_e]), float(a[up]))
+            x_back = ddim_step(x_up, eps_theta(unet, x_up, up, c), float(a[up]), float(a[t_e]))
             out[sl] = -(x_back - x).pow(2).flatten(1).sum(1).double().numpy()
     return out
 
 
+def secmi_table(model: DiffusionModel, samples: SampleSet, timesteps: Sequence[int], k: int) -> np.ndarray:
+    """``secmi_scores`` at each candidate t_sec: (len(timesteps), N)."""
+    return np.stack([secmi_scores(model, samples, int(t), k) for t in timesteps])
+
+
 def secmi_attack(
-    model: DiffusionModel, sets: AttackSets, t_sec: int = 100, k: int = 10, sign_from_aux: bool = True
+    model: DiffusionModel,
+    sets: AttackSets,
+    timesteps: Sequence[int] = (100,),
+    k: int = 10,
+    sign_from_aux: bool = True,
+    reference: Reference | None = None,
 ) -> AttackResult:
-    """The t-error thresholded on D_aux."""
+    """The t-error at the t_sec (and sign) picked on D_aux, thresholded on D_aux.
+
+    ``reference``: the log ratio of the base model's t-error to the audited model's.
+    """
     n = num_timesteps(model)
-    if k < 1 or t_sec < k or t_sec + k >= n:
+    bad = [t for t in timesteps if k < 1 or t < k or secmi_grid(int(t), k)[1] >= n]
+    if bad:
         raise ValueError(
-            f"evaluation.secmi_t = {t_sec} and evaluation.secmi_k = {k} need 1 <= k <= secmi_t and "
-            f"secmi_t + secmi_k < the scheduler's num_train_timesteps = {n}"
+            f"evaluation.secmi_timesteps = {list(timesteps)} and evaluation.secmi_k = {k}: {bad} need "
+            f"1 <= k <= t_sec and a round trip below the scheduler's num_train_timesteps = {n}"
         )
-    aux, aux_member = labelled(sets.member_aux, sets.nonmember_aux)
-    aux_scores = secmi_scores(model, aux, t_sec, k)
-    aux_auc = auc(aux_scores, aux_member)
-    _, sign = oriented([aux_auc], sign_from_aux)
-    threshold = best_threshold(sign * aux_scores, aux_member)
-    test, test_member = labelled(sets.member_test, sets.nonmember_test)
-    return attack_result(
-        sign * secmi_scores(model, test, t_sec, k),
-        test_member,
-        threshold,
-        t=float(t_sec),
-        k=float(k),
-        sign=sign,
-        aux_auc=aux_auc if sign > 0 else 1 - aux_auc,
-    )
+
+    def scores(m: DiffusionModel, samples: SampleSet, ts: Sequence[int], p: None) -> np.ndarray:
+        return secmi_table(m, samples, ts, k)
+
+    res = timestep_attack(scores, model, sets, timesteps, None, sign_from_aux, KEY, reference, magnitude=True)
+    res.details.update(k=float(k), t_error_at=float(secmi_grid(int(res.details["t"]), k)[0][-1]))
+    return res
+
+
+def _from_aux(ctx: AttackContext) -> bool:
+    return ctx.cfg.diffusion_attack_sign == "from-aux"
 
 
 @ATTACKS.register(
     "secmi",
     reference="Duan et al., ICML 2023",
-    description="−t-error of a deterministic DDIM inversion to secmi_t in steps of secmi_k and one step "
-    "up and back; sign and threshold picked on aux",
+    description="−t-error of a deterministic DDIM inversion in steps of secmi_k up to t_sec − secmi_k, one step up "
+    "and back (the released code's stepping); t_sec and sign picked on aux",
 )
 def secmi(ctx: AttackContext) -> AttackResult:
+    return secmi_attack(ctx.target, ctx.sets, ctx.cfg.secmi_timesteps, ctx.cfg.secmi_k, _from_aux(ctx))
+
+
+@ATTACKS.register(
+    "secmi-calibrated",
+    reference="Duan et al., ICML 2023; Watson et al., ICLR 2022 (calibration)",
+    description="SecMI's t-error, log ratio of the public base model's to the audited model's; t_sec and sign "
+    "picked on aux",
+)
+def secmi_calibrated(ctx: AttackContext) -> AttackResult:
     cfg = ctx.cfg
-    return secmi_attack(
-        ctx.target, ctx.sets, cfg.secmi_t, cfg.secmi_k, sign_from_aux=cfg.diffusion_attack_sign == "from-aux"
-    )
+    reference = ctx.need_reference("secmi-calibrated")
+    return secmi_attack(ctx.target, ctx.sets, cfg.secmi_timesteps, cfg.secmi_k, _from_aux(ctx), reference)
