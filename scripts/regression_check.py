@@ -22,7 +22,7 @@ from sweep import ROOT, fedlora_run, read_metrics
 
 RECORDS = ROOT / "docs/measurements/regression"
 RUNS = "runs/regression"
-SMOKE, DEFAULT = "configs/smoke.toml", "configs/default.toml"
+SMOKE, MILD = "configs/smoke.toml", "configs/mild.toml"
 ALL_ATTACKS = "['learned-mlp-paper','learned-mlp','loss-threshold','pia','secmi','score-norm','gradient-norm']"
 
 # name -> (config, overrides). Together they touch every rule, objective, DP mode and attack.
@@ -73,9 +73,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
             "federation.rounds=2",
         ],
     ),
-    "default": (DEFAULT, []),
+    "mild": (MILD, []),  # the quickstart of v0.1 (configs/default.toml until issue 11)
 }
-QUICK = [c for c in CASES if c != "default"]
+QUICK = [c for c in CASES if c != "mild"]
 
 
 def _strip_timing(value: Any) -> Any:
@@ -128,7 +128,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["record", "check"])
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--quick", action="store_true", help="every case but the default run (~7 minutes instead of ~15)")
+    ap.add_argument("--quick", action="store_true", help="every case but the mild run (~7 minutes instead of ~15)")
     args = ap.parse_args()
     cases = QUICK if args.quick else args.cases
     RECORDS.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Each cell is a real `fedlora run` of configs/default.toml with the overrides printed in the
 table's header; finished runs (summary.json exists) are reused, so the table resumes. The
 section is written between markers in docs/results.md, leaving the rest of the file alone.
+(The v0.1 table, on what is now configs/mild.toml, is archived in docs/measurements/rules/.)
 
   python scripts/rules_table.py                           # the whole benchmark
   python scripts/rules_table.py --partitions iid --rules fedavg ffa --methods lora
@@ -23,8 +24,8 @@ CONFIG = "configs/default.toml"
 RULES = REGISTERED_RULES.keys()
 METHODS = ("lora", "smp-lora")
 PARTITIONS = {"iid": ["data.partition='iid'"], "dirichlet": ["data.partition='dirichlet'", "data.dirichlet_alpha=0.5"]}
-# every run: a shorter attack (30 epochs), KID/FID on 64 images
-COMMON = ["evaluation.attack_epochs=30", "evaluation.kid_fid=true", "evaluation.kid_fid_samples=64"]
+# every run: the default config's attacks, KID/FID on 64 images
+COMMON = ["evaluation.kid_fid=true", "evaluation.kid_fid_samples=64"]
 # SMP-LoRA as in the paper configs (lambda = 1, attacker lr 1e-4; docs/results.md above says why)
 SMP = ["privacy.mi_lambda=1.0", "privacy.attacker_learning_rate=1e-4"]
 # extra rows, each on iid with plain LoRA
@@ -40,9 +41,9 @@ VARIANTS = {
         "privacy.dp_max_grad_norm=1.0",
     ],
 }
-# the loss attack only: the learned MLP's honest selection changed while this table was being run
-ATTACKS = ("loss-threshold",)
+CALIBRATED = "loss-calibrated"  # the column every row has: the base-calibrated loss attack
 SECTION = "rules-table"
+ARCHIVE = "rules-default"
 
 
 def cells(
@@ -86,21 +87,27 @@ def loss_change(run: Path) -> str:
     )
 
 
+def _best(attacks: dict) -> tuple[str, dict]:
+    name = max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5))
+    return name, attacks[name]
+
+
 def row(name: str, s: dict, run: Path) -> str:
     g, q, c, dp = s["privacy"]["global"], s["quality"], s["communication"], s["privacy"].get("dp", {})
     clients = s["privacy"].get("clients", {})
+    verdict = s["privacy"].get("verdict", {})
+    attack, m = _best(g)
+    cal = g.get(CALIBRATED, {})
+    client_best = [_best(v)[1]["auc"] for v in clients.values() if v]
     cells_ = [
         name,
         loss_change(run),
         f"{q.get('kid', float('nan')):.4f}",
-        f"{q.get('fid', float('nan')):.1f}",
         f"{q.get('caption_accuracy', float('nan')):.3f}",
-    ]
-    for a in ATTACKS:
-        cells_ += [_pct(g[a]["asr"]) if a in g else "n/a", f"{g[a]['auc_dev']:.2f}" if a in g else "n/a"]
-    lt = [v["loss-threshold"]["asr"] for v in clients.values() if "loss-threshold" in v]
-    cells_.append(f"{_pct(np.mean(lt))} ± {_pct(np.std(lt, ddof=1))}" if len(lt) > 1 else "n/a")
-    cells_ += [
+        f"{attack}: {m['auc']:.3f} [{m['auc_ci_low']:.2f}, {m['auc_ci_high']:.2f}], ASR {_pct(m['asr'])}",
+        f"{_pct(cal['asr'])} / {cal['auc']:.3f}" if cal else "n/a",
+        f"{verdict.get('clients_leaking', 'n/a')} of {len(clients)}",
+        f"{np.mean(client_best):.3f} ± {np.std(client_best, ddof=1):.3f}" if len(client_best) > 1 else "n/a",
         _kib(c["bytes_up_per_client_round"]),
         _kib(c["bytes_down_per_client_round"]),
         _kib(c.get("bytes_down_per_client_round_max", 0.0)),
@@ -122,8 +129,9 @@ def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str
     if not summaries:
         return []
     any_s = next(iter(summaries.values()))
-    g = any_s["privacy"]["global"][ATTACKS[0]]
-    client_n = next(iter(any_s["privacy"]["clients"].values()))["loss-threshold"]
+    g = any_s["privacy"]["global"][CALIBRATED]
+    client_n = next(iter(any_s["privacy"]["clients"].values()))[CALIBRATED]
+    attacks = ", ".join(f"`{a}`" for a in any_s["privacy"]["global"])
     lines = [
         "## Aggregation rules × methods, and DP (default federated config)",
         "",
@@ -133,25 +141,27 @@ def table(runs: Path, plan: list[tuple[str, list[str]]], seed: int, command: str
         command,
         "```",
         "",
-        f"Every row is one `fedlora run {CONFIG}` (8 clients × 32 members, 10 rounds × 60 local steps, rank 4 on the "
-        f"attention projections, seed {seed}) with `{' '.join(COMMON)}`; SMP-LoRA rows add `{' '.join(SMP)}`. "
-        "`dirichlet` is the label-skewed partition (α = 0.5). Attacks on the final global model use D_te = "
-        f"{g['n_members']} members + {g['n_nonmembers']} non-members; the client column is the loss-threshold ASR on "
-        f"each client's last update as the server sees it ({client_n['n_members']}+{client_n['n_nonmembers']} samples "
-        "per client; mean ± std over the 8 clients). KID/FID: 64 generated vs. 64 member images; caption accuracy: "
-        "the public-data digit probe on 64 generated images. Bytes are serialised ArrayRecord sizes per client and "
-        "round (KiB; FLoRA's download grows with the clients stacked, `down max` is its largest round). "
-        "Δ loss: change of the global model's mean denoising loss on 64 members / 64 non-members from the base "
-        "(round 0) to round 10, fixed (t, ε) draws — how much each run fitted its members.",
+        f"Every row is one `fedlora run {CONFIG}` (8 clients × 24 members, 10 rounds × 60 local steps, rank 16 on the "
+        f"attention and feed-forward projections, lr 1e-2, seed {seed}) with `{' '.join(COMMON)}`; SMP-LoRA rows add "
+        f"`{' '.join(SMP)}`. `dirichlet` is the label-skewed partition (α = 0.5). Attacks ({attacks}) on the final "
+        f"global model use D_te = {g['n_members']} members + {g['n_nonmembers']} non-members; each client's last "
+        f"update, as the server sees it, is attacked with that client's own sets ({client_n['n_members']}+"
+        f"{client_n['n_nonmembers']}). *Best*: the attack farthest from AUC 0.5 with its 95 % bootstrap interval; "
+        "*leaking client updates*: those whose best attack's interval, Bonferroni-corrected for 8 clients × the "
+        "attacks, excludes 0.5 (`privacy.verdict`). KID: 64 generated vs. 64 member images; caption accuracy: the "
+        "public-data digit probe on 64 generated images. Bytes are serialised ArrayRecord sizes per client and "
+        "round (KiB; FLoRA's download grows with the clients stacked, `down max` is its largest round). Δ loss: "
+        "change of the global model's mean denoising loss on 64 members / 64 non-members from the base (round 0) "
+        "to round 10, fixed (t, ε) draws — how much each run fitted its members.",
         "",
         "What the global model is for each rule: FedAvg/FFA the averaged adapter; FLoRA the merged sum of all "
         "rounds' stacks; FlexLoRA (`svd`) the exact weighted mean of the clients' updates (clients receive its "
         "rank-rₖ truncation); FedSA the average of the personalised models Bₖ·A (B never leaves a client — it is "
         "sent separately for this audit only and not counted in `up`).",
         "",
-        "| run | Δ loss ×1e4 members / non-members | KID ↓ | FID ↓ | caption acc ↑ | loss-threshold ASR % | "
-        "loss-threshold \\|AUC−0.5\\|/0.5 | client updates loss-threshold ASR % | up KiB | down KiB | down max KiB "
-        "| DP |",
+        "| run | Δ loss ×1e4 members / non-members | KID ↓ | caption acc ↑ | global model: best attack, AUC [95 % CI], "
+        "ASR % | loss-calibrated ASR % / AUC | leaking client updates | client updates: best AUC, mean ± std | up KiB "
+        "| down KiB | down max KiB | DP |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [row(name, s, runs / f"{name}-s{seed}") for name, s in summaries.items()]
@@ -172,7 +182,7 @@ def main() -> int:
         help="methods for the non-IID partitions (default: --methods)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default="runs/rules")
+    ap.add_argument("--runs", default="runs/rules-default")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
@@ -181,7 +191,7 @@ def main() -> int:
     if not args.table_only:
         for name, extra in plan:
             run_one(runs, name, extra, args.seed)
-    archive([runs / f"{name}-s{args.seed}" for name, _ in plan], "rules")
+    archive([runs / f"{name}-s{args.seed}" for name, _ in plan], ARCHIVE)
     command = (
         "RAY_ADDRESS=local .venv/bin/python scripts/rules_table.py"
         f" --partitions {' '.join(args.partitions)} --rules {' '.join(args.rules)} --methods {' '.join(args.methods)}"
