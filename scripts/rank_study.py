@@ -159,7 +159,8 @@ def table(entries: list[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = [
         "## Does a lower rank buy privacy? (arXiv 2409.17538, measured)",
         "",
-        "Written by `scripts/rank_study.py`; reproduce with `RAY_ADDRESS=local .venv/bin/python scripts/rank_study.py`.",
+        "Written by `scripts/rank_study.py`; reproduce with "
+        "`RAY_ADDRESS=local .venv/bin/python scripts/rank_study.py`.",
         "",
         f"`{CONFIG}` (1 client, 100 members and 100 non-members, 10 rounds × 600 steps of batch 8, lr 1e-3, LoRA "
         "on attention, feed-forward and ResNet convs) with `lora_alpha = r`, one seed. Full fine-tuning trains "
