@@ -333,3 +333,94 @@ def test_loss_and_learned_attacks_also_find_the_overfit_members(overfit):
     for a in cfg.attacks:
         assert found["overfit"][a] > 0.75, (a, found)
         assert abs(found["reset"][a] - 0.5) < 0.3, (a, found)
+
+
+# ---------------------------------------------------------------- the new attacks' maths
+
+
+def test_offline_lira_statistic_uses_only_out_shadows_and_a_pooled_spread():
+    from fedlora.evaluation.attacks.lira import balanced_halves, offline_lira_statistic
+
+    inside = balanced_halves(10, 4, seed=0)
+    assert inside.shape == (4, 10) and np.all(inside.sum(0) == 2)  # each sample in exactly half the shadows
+    assert not np.array_equal(inside, balanced_halves(10, 4, seed=1))
+    shadow = np.array([[1.0, 5.0], [3.0, 9.0], [100.0, -50.0]])  # 3 shadows x 2 samples
+    out = np.array([[True, True], [True, True], [False, False]])  # the third shadow saw both: ignored
+    stat = offline_lira_statistic(np.array([0.0, 7.0]), shadow, out)
+    # out-means 2 and 7; residuals ±1 and ±2 -> pooled sigma sqrt((1+1+4+4) / (4 - 2)) = sqrt(5)
+    np.testing.assert_allclose(stat, [(2 - 0) / np.sqrt(5), 0.0], rtol=1e-9)
+    with pytest.raises(ValueError, match="at least one shadow"):
+        offline_lira_statistic(np.zeros(2), shadow, np.zeros((3, 2), dtype=bool))
+
+
+def test_calibration_subtracts_the_reference_on_the_same_arguments_and_log_scales_magnitudes():
+    import contextlib
+
+    from fedlora.evaluation.attacks.base import calibrated
+
+    state = {"base": False}
+
+    @contextlib.contextmanager
+    def reference():
+        state["base"] = True
+        try:
+            yield
+        finally:
+            state["base"] = False
+
+    def score(x, scale):  # the "base model" scores 10x; both see the same arguments
+        return -(np.asarray(x) * scale * (10.0 if state["base"] else 1.0))
+
+    np.testing.assert_allclose(calibrated(score, reference)([1.0, 2.0], 3.0), [27.0, 54.0])
+    np.testing.assert_allclose(calibrated(score, reference, log_magnitude=True)([1.0, 2.0], 3.0), np.log([10, 10]))
+    assert state["base"] is False  # the reference is left again
+
+
+def test_clid_scores_the_caption_effect_on_shared_draws():
+    from fedlora.evaluation.attacks import clid
+
+    class CaptionUNet(torch.nn.Module):
+        """Predicts the noise exactly when conditioned on a caption (cond != 0), zeros without one."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.noise = None
+
+        def forward(self, x, t, encoder_hidden_states):
+            has_caption = encoder_hidden_states.flatten(1).abs().sum(1) > 0
+            return SimpleNamespace(
+                sample=torch.where(has_caption[:, None, None, None], self.noise, torch.zeros_like(x))
+            )
+
+    unet = CaptionUNet()
+    model = SimpleNamespace(unet=unet, scheduler=_scheduler(), empty_caption=lambda n: torch.zeros(n, 3, 5))
+    samples = _random_samples(3, 4)
+    # with one draw the UNet can be told the draw's noise: the caption then removes the whole loss
+    gen = torch.Generator().manual_seed(9 * 1009 + 50)
+    unet.noise = torch.randn((1, *samples.latents.shape), generator=gen)[0]
+    scores = clid.clid_scores(model, samples, [50], draws=1, seed=9)
+    np.testing.assert_allclose(scores[0], unet.noise.pow(2).flatten(1).mean(1).numpy(), rtol=1e-5)
+    assert np.all(scores > 0)
+
+
+def test_multi_timestep_set_is_grown_on_aux_and_the_test_scored_once():
+    from fedlora.evaluation.attacks.diffusion import multi_timestep_attack
+
+    calls = []
+    rng = np.random.default_rng(0)
+    signal = {10: 2.0, 20: 1.0, 30: 0.0, 40: 0.0}  # how strongly each t separates members
+
+    def scores(model, samples, ts, p):
+        calls.append((len(samples), tuple(ts)))
+        is_member = samples.cond[:, 0, 0] > 0
+        return np.stack([signal[t] * is_member.numpy() + rng.normal(size=len(samples)) for t in ts])
+
+    def sample_set(n, member):
+        return Samples(torch.zeros((n, 4, 8, 8)), torch.full((n, 3, 5), 1.0 if member else -1.0))
+
+    sets = AttackSets(sample_set(40, True), sample_set(40, False), sample_set(30, True), sample_set(30, False))
+    res = multi_timestep_attack(scores, _fake(), sets, (10, 20, 30, 40), 4.0, True, "evaluation.score_norm_timesteps")
+    chosen = [int(t) for t in res.details["timesteps"].split()]
+    assert 10 in chosen and res.metrics["auc"] > 0.8
+    assert calls == [(80, (10, 20, 30, 40)), (60, tuple(chosen))]  # aux once over every candidate, test once

@@ -190,3 +190,26 @@ def test_auc_interval_covers_the_auc_and_shrinks_with_more_samples():
     assert auc_interval(scores, labels, seed=2) == auc_interval(scores, labels, seed=2)  # seeded
     m = leakage_metrics(scores, labels, 0.0)
     assert m["auc_ci_low"] <= m["auc"] <= m["auc_ci_high"]
+
+
+def test_the_verdict_picks_the_farthest_attack_and_corrects_for_the_choice():
+    from fedlora.evaluation.attacks.base import attack_result
+    from fedlora.evaluation.verdict import run_verdict
+
+    rng = np.random.default_rng(7)
+    labels = np.repeat([True, False], 60)
+
+    def result(shift):
+        return attack_result(rng.normal(size=120) + shift * labels, labels, 0.0)
+
+    strong, inverted, blind = result(1.5), result(-0.8), result(0.0)
+    v = run_verdict({"a": blind, "b": inverted, "c": strong}, {"0": {"a": blind, "c": result(0.0)}})
+    g = v["global"]
+    assert g["best_attack"] == "c" and g["attacks"] == 3 and g["comparisons"] == 3 and g["leaks"]
+    lo, hi = g["auc_ci_corrected"]
+    assert lo <= g["auc_ci"][0] and hi >= g["auc_ci"][1]  # the corrected interval is the wider one
+    assert g["corrected_level"] == pytest.approx(1 - 0.05 / 3)
+    c = v["clients"]["0"]
+    assert c["comparisons"] == 2 and not c["leaks"] and v["clients_leaking"] == 0
+    only_inverted = run_verdict({"b": inverted}, {})["global"]
+    assert only_inverted["leaks"] and only_inverted["auc"] < 0.5  # an inverted signal leaks as much

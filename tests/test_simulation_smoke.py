@@ -77,6 +77,11 @@ def test_smoke_simulation_writes_every_output_and_a_loadable_adapter(tmp_path):
 
     privacy = summary["privacy"]
     assert set(privacy["global"]) == set(cfg.evaluation.attacks)
+    # the verdict per view, labelled low-FPR keys, and the report opening with the verdict
+    assert privacy["verdict"]["global"]["attacks"] == len(cfg.evaluation.attacks)
+    assert set(privacy["verdict"]["clients"]) == {"0", "1"} and "tpr_at_1pct_fpr_aux" in privacy["metric_keys"]
+    report = (run_dir / REPORT_FILE).read_text().split("## Splits")[0]
+    assert "**" in report and "global model" in report
     assert set(privacy["clients"]) == {"0", "1"}
     n_test = cfg.data.members_per_client // 2 * cfg.federation.num_clients
     for attack, m in privacy["global"].items():
