@@ -101,17 +101,11 @@ def train(msg: Message, context: Context) -> Message:
         state[DP_STATE] = ArrayRecord(result.dp_state)
     rounds_trained = integer(state.metric_records[CLIENT_STATE], "rounds-trained") if CLIENT_STATE in state else 0
     state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
-    s = result.stats
     metrics: dict[str, Any] = {
-        NUM_EXAMPLES: s.num_examples,
+        NUM_EXAMPLES: result.stats.num_examples,
         PARTITION_ID: pid,
-        "train_loss": s.loss_mean,
-        "train_loss_first": s.loss_first,
-        "train_loss_last": s.loss_last,
-        "train_s": s.seconds,
-        "steps": s.steps,
         "rounds_trained": rounds_trained + 1,
-        **s.extra,
+        **result.metrics,
     }
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}

@@ -59,6 +59,7 @@ class ClientRoundResult:
     kept: Arrays = field(default_factory=dict)  # what the rule keeps on the client
     eval_only: Arrays = field(default_factory=dict)  # for the audit, never aggregated
     dp_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # what the reply may carry (the DP mode decides)
 
 
 def client_round(
@@ -125,6 +126,14 @@ def _client_round(
     stats.extra.update(objective.after_round())
     trained = runtime.get_lora()
     kept_now = rule.client_keep(trained, setup)
+    metrics = {
+        "train_loss": stats.loss_mean,
+        "train_loss_first": stats.loss_first,
+        "train_loss_last": stats.loss_last,
+        "train_s": stats.seconds,
+        "steps": float(stats.steps),
+        **stats.extra,
+    }
     return ClientRoundResult(
         state=trained,
         stats=stats,
@@ -133,4 +142,5 @@ def _client_round(
         kept=kept_now,
         eval_only=rule.client_eval_only(kept_now),
         dp_state=dp_out,
+        metrics=dp.released(metrics),
     )

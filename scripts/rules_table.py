@@ -115,7 +115,7 @@ def row(name: str, s: dict, run: Path) -> str:
     if dp.get("formal"):
         eps = f"ε = {dp['epsilon']:.1f} (δ = {dp['delta']:g}, {dp['mechanism']})"
     elif dp.get("mechanism") == "implicit-dp":
-        eps = f"heuristic σ_eq ≈ {dp['equivalent_noise_multiplier_heuristic']:.1f}, no ε"
+        eps = "heuristic, no guarantee"
     else:
         eps = "—"
     cells_.append(eps)

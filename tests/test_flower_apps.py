@@ -118,3 +118,42 @@ def test_client_sampling_is_seeded_and_respects_the_fraction():
     assert a.sample_partitions(2) == b.sample_partitions(2)
     assert len(a.sample_partitions(2)) == 3
     assert len({tuple(a.sample_partitions(r)) for r in range(1, 8)}) > 1
+
+
+@pytest.mark.parametrize(
+    "dp, extra",
+    [
+        ("dp-fedavg", []),
+        ("dp-lora", ["dp_epsilon", "dp_sample_rate", "dp_mean_batch"]),
+        ("implicit-dp", []),
+    ],
+)
+def test_a_dp_clients_reply_carries_nothing_member_dependent(cfg, dp, extra):
+    """Under every DP mode the reply's metrics are the protocol's, timing and the mode's accounting: no loss,
+    no proxy attacker's accuracy (nothing the mechanism's ε does not cover)."""
+    overrides = {
+        "dp-fedavg": {"train.method": "smp-lora"},  # the proxy attacker's metrics must not leak either
+        "dp-lora": {},
+        "implicit-dp": {"federation.aggregation": "ffa", "model.lora_a_init": "gaussian"},
+    }[dp]
+    dp_cfg = cfg.replace(**{"privacy.dp": dp, **overrides})
+    initial = get_runtime(dp_cfg).get_lora()
+    config = ConfigRecord({"server-round": 1, CONFIG_KEY: dp_cfg.to_toml()})
+    reply = client_module.train(
+        message(RecordDict({"arrays": client_module.record_of(initial), "config": config}), "train"), context(0)
+    )
+    keys = set(reply.content["metrics"].keys())
+    assert keys == {NUM_EXAMPLES, PARTITION_ID, "rounds_trained", "train_s", "steps", *extra}
+    plain = client_module.train(
+        message(
+            RecordDict(
+                {
+                    "arrays": client_module.record_of(get_runtime(cfg).get_lora()),
+                    "config": ConfigRecord({"server-round": 1, CONFIG_KEY: cfg.to_toml()}),
+                }
+            ),
+            "train",
+        ),
+        context(0),
+    )
+    assert "train_loss" in plain.content["metrics"]  # without DP the losses are reported as before

@@ -19,6 +19,8 @@ from ...training import GradientHook, TrainStats, train_lora
 from ..objectives import Objective
 
 DpState = dict[str, torch.Tensor]  # what a client's mode keeps across rounds (its accountant)
+# member-independent metrics: wall time and step count (the count of members travels as num-examples)
+TIMING_ONLY = frozenset({"train_s", "steps"})
 
 
 class DpMode:
@@ -32,6 +34,11 @@ class DpMode:
     # The server must aggregate with Flower's own FedAvg.aggregate_train (its DP wrappers account
     # only for that); the ServerApp then picks the strategy that keeps it.
     uses_flower_aggregation: ClassVar[bool] = False
+    # The metrics a client's reply may carry besides the protocol's (None: all). A DP mode lets
+    # through only what does not depend on the members' content, so that nothing member-dependent
+    # leaves the client except through the mechanism (losses, the proxy attacker's accuracy, ...
+    # would not be covered by its ε).
+    released_metrics: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -41,6 +48,11 @@ class DpMode:
         """Refuse settings this mode cannot honour (raise ConfigError naming the keys)."""
 
     # ---- client side -------------------------------------------------------------------
+
+    def released(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The client's training metrics that may leave it under this mode."""
+        allowed = self.released_metrics
+        return dict(metrics) if allowed is None else {k: v for k, v in metrics.items() if k in allowed}
 
     def gradient_hook(self) -> GradientHook | None:
         """What happens to the gradients before each step (None: ``train.max_grad_norm`` clipping)."""

@@ -21,7 +21,7 @@ from ...protocol import METRICS, PARTITION_ID
 from ...registry import DP_MODES
 from ...rounds import RoundLog
 from ...rules import rule_class, rules_with
-from .base import DpMode
+from .base import TIMING_ONLY, DpMode
 
 ACCOUNTANT_NAME = "flwr RdpAccountant (dp-accounting RDP), no sampling amplification, add-or-remove-one client"
 
@@ -53,6 +53,7 @@ def _partition(message: Any) -> int:
 class DpFedAvg(DpMode):
     formal = True
     uses_flower_aggregation = True
+    released_metrics = TIMING_ONLY
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -112,9 +113,13 @@ class DpFedAvg(DpMode):
         return {"dp_epsilon": self.epsilon(), "dp_releases": float(self.releases())}
 
     def summary(self, log: RoundLog | None = None) -> dict[str, Any]:
+        clipped = "clipped by the server" if self.clipping == "server" else "clipped by each client"
         return {
             "mechanism": "dp-fedavg",
             "level": "user (client)",
+            "protects": "each client's whole contribution (add-or-remove-one client)",
+            "covers": "the global model after every round, and whatever is computed from it; NOT the updates "
+            f"the server receives before it adds the noise ({clipped}, unnoised): the ServerApp itself is trusted",
             "clipping": self.clipping,
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,

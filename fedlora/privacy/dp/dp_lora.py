@@ -15,7 +15,7 @@ from ...rounds import RoundLog, RoundRecord
 from ...runtime import EncodedSamples, ModelRuntime
 from ...training import TrainStats
 from ..objectives import Objective, objective_class
-from .base import DpMode, DpState
+from .base import TIMING_ONLY, DpMode, DpState
 
 HISTORY = "rdp-history"  # the client's Opacus RDP history, kept in its DP state
 
@@ -38,6 +38,7 @@ def last_epsilons(rounds: list[RoundRecord]) -> dict[str, float]:
 )
 class DpLora(DpMode):
     formal = True
+    released_metrics = TIMING_ONLY | {"dp_epsilon", "dp_sample_rate", "dp_mean_batch"}
 
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
@@ -106,6 +107,9 @@ class DpLora(DpMode):
         return {
             "mechanism": "dp-lora",
             "level": "sample (each client's members, per client)",
+            "protects": "each training sample of each client (add-or-remove-one sample of that client's members)",
+            "covers": "everything the client sends (its LoRA update every round: the server's view) and so the "
+            "global model; each client's ε is separate (no composition across clients)",
             "noise_multiplier": p.dp_noise_multiplier,
             "max_grad_norm": p.dp_max_grad_norm,
             "sample_rate": self.cfg.train.batch_size / self.cfg.data.members_per_client,

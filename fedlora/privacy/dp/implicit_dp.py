@@ -1,15 +1,15 @@
 """Implicit DP after arXiv 2409.17538: A frozen at N(0, 1/r), B-gradient rows scaled to C.
 
 With A fixed, a B-gradient row gᵢAᵀ is a random projection of the full-gradient row gᵢ
-(Johnson–Lindenstrauss); fixing its norm fixes the projection noise's scale, std ≈ C/√r per row,
-which DP-SGD on a batch mean of b samples clipped at C reaches with noise multiplier σ ≈ b/√r.
-A heuristic: the noise reuses one A for every step and coordinate, A is derived from the public
-run seed, training uses AdamW, and noise-free LoRA is not DP (arXiv 2601.21719) — never an ε.
+(Johnson–Lindenstrauss); the argument fixes its norm so the projection noise has a fixed scale,
+and equates it with DP-SGD noise of multiplier σ ≈ b/√r. fedlora reports no such number: the
+argument needs a per-sample gradient bound, SGD and a secret A, while here the rows of the batch
+gradient are rescaled, training uses AdamW and A comes from the public run seed; noise-free LoRA
+is not DP (arXiv 2601.21719). The mode is a heuristic with no guarantee, and says so.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from ...registry import DP_MODES, RULES
 from ...rounds import RoundLog
 from ...rules import rule_class
 from ...training import GradientHook
-from .base import DpMode
+from .base import TIMING_ONLY, DpMode
 
 
 def scale_b_gradient_rows(unet: Any, norm: float) -> None:
@@ -39,6 +39,7 @@ def scale_b_gradient_rows(unet: Any, norm: float) -> None:
 )
 class ImplicitDp(DpMode):
     freezes_a = True
+    released_metrics = TIMING_ONLY  # as the formal modes do, so a heuristic run can be compared with them
 
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
@@ -59,16 +60,16 @@ class ImplicitDp(DpMode):
         return hook
 
     def summary(self, log: RoundLog | None = None) -> dict[str, Any]:
-        r, b = self.cfg.model.lora_rank, self.cfg.train.batch_size
         return {
             "mechanism": "implicit-dp",
             "b_gradient_row_norm": self.cfg.privacy.dp_max_grad_norm,
-            "rank": r,
-            "batch_size": b,
-            "equivalent_noise_multiplier_heuristic": b / math.sqrt(r),
+            "rank": self.cfg.model.lora_rank,
             "formal": False,
-            "note": "heuristic after arXiv 2409.17538 (sigma_eq ~ batch/sqrt(r)); "
-            "not a formal (epsilon, delta) guarantee",
+            "guarantee": "none",
+            "covers": "nothing: no party and no view has a privacy guarantee",
+            "note": "a heuristic after arXiv 2409.17538 with no guarantee: its noise multiplier would need a "
+            "per-sample gradient bound, SGD and a secret A, while fedlora rescales rows of the batch gradient, "
+            "trains with AdamW and derives A from the public run seed; noise-free LoRA is not DP (arXiv 2601.21719)",
         }
 
 
