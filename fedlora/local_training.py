@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, PrivacyConfig
 from .data import load_dataset
 from .evaluation.attacks.base import AttackSets
 from .evaluation.membership import attack_sets
@@ -32,20 +32,36 @@ def round_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def membership_batches(runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator) -> MembershipBatches:
-    """Loss maps for a proxy attacker: balanced random aux batches during the round, D_te after it (no grad)."""
+def membership_batches(
+    runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator, privacy: PrivacyConfig | None = None
+) -> MembershipBatches:
+    """Loss maps for a proxy attacker: balanced random aux batches during the round, D_te after it (no grad).
+
+    ``privacy`` says what the attacker sees (``attacker_features``, ``attacker_feature_draws``);
+    the member batch's own features come from the objective (``ProxyAttackerObjective.features``).
+    """
     m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
+    draws = privacy.attacker_feature_draws if privacy else 1
+    reference = runtime.adapters_disabled if privacy and privacy.attacker_features == "calibrated" else None
+
+    def maps(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            got = [
+                loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen, reference=reference)
+                for _ in range(draws)
+            ]
+        return got[0] if draws == 1 else torch.stack(got).mean(0)
 
     def aux(k: int) -> LabelledMaps:
         mi = torch.randint(0, len(m_aux), (k,), generator=gen)
         ni = torch.randint(0, len(n_aux), (k,), generator=gen)
         latents = torch.cat([m_aux.latents[mi], n_aux.latents[ni]])
         cond = torch.cat([m_aux.cond[mi], n_aux.cond[ni]])
-        return loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen), membership_labels(k, k)
+        return maps(latents, cond), membership_labels(k, k)
 
     def test() -> LabelledMaps:
-        maps = torch.cat([runtime.loss_maps(m_test, gen), runtime.loss_maps(n_test, gen)])
-        return maps, membership_labels(len(m_test), len(n_test))
+        both = torch.cat([maps(m_test.latents, m_test.cond), maps(n_test.latents, n_test.cond)])
+        return both, membership_labels(len(m_test), len(n_test))
 
     return MembershipBatches(aux=aux, test=test)
 
@@ -104,7 +120,7 @@ def _client_round(
     seed = round_seed(cfg.run.seed, client_id, server_round)
     gen = torch.Generator().manual_seed(round_seed(seed, 1))
     batches = (
-        membership_batches(runtime, attack_sets(runtime, dataset, splits, [client_id]), gen)
+        membership_batches(runtime, attack_sets(runtime, dataset, splits, [client_id]), gen, cfg.privacy)
         if objective_cls.needs_aux
         else None
     )

@@ -126,6 +126,15 @@ class ModelRuntime:
         finally:
             self.show(before)
 
+    @contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """The base model (with any merged base deltas) while the block runs: peft's adapter switch."""
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
+
     def empty_caption(self, n: int) -> torch.Tensor:
         """The embedding of the empty caption, n times (classifier-free guidance's unconditional input)."""
         if self._empty_caption is None:

@@ -12,7 +12,7 @@ import torch
 
 from .config import TrainConfig
 from .models.diffusion import SampleSet, squared_error_map
-from .privacy.objectives import Objective
+from .privacy.objectives import Objective, StepBatch
 from .runtime import ModelRuntime
 
 # (unet, trainable parameters) -> None, between backward and the optimiser step
@@ -38,6 +38,26 @@ def clip_by_global_norm(max_norm: float) -> GradientHook:
             torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     return hook
+
+
+def _step_batch(
+    runtime: ModelRuntime,
+    z: torch.Tensor,
+    c: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    gen: torch.Generator,
+) -> StepBatch:
+    def redraw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = torch.randn(z.shape, generator=gen).to(runtime.device)
+        tt = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(z),), generator=gen).to(runtime.device)
+        return squared_error_map(runtime.unet, runtime.scheduler, z, c, n, tt), n, tt
+
+    def base_error(n: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), runtime.adapters_disabled():
+            return squared_error_map(runtime.unet, runtime.scheduler, z, c, n, tt)
+
+    return StepBatch(noise, t, redraw, base_error)
 
 
 def train_lora(
@@ -75,7 +95,7 @@ def train_lora(
             runtime.device
         )
         err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
-        loss, metrics = objective.loss(err)
+        loss, metrics = objective.loss(err, _step_batch(runtime, z, c, noise, t, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         hook(unet, params)

@@ -86,7 +86,7 @@ class ServerStepRule(Rule):
 class AbsErrorObjective(Objective):
     """L1 denoising: the mean of |ε − ε_θ| (the square root of the error map)."""
 
-    def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, err: torch.Tensor, batch: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
         loss = (err + 1e-12).sqrt().mean()
         return loss, {"toy_l1": float(loss.detach())}
 

@@ -46,3 +46,21 @@ def test_client_id_out_of_range(tiny_base):
 
     with pytest.raises(ValueError, match="outside 0..1"):
         client_round(cfg, 2, get_runtime(cfg).get_lora(), server_round=1)
+
+
+def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base):
+    cfg = cfg_for(
+        tiny_base,
+        **{
+            "train.method": "'smp-lora'",
+            "privacy.attacker_features": "'calibrated'",
+            "privacy.attacker_feature_draws": 2,
+            "privacy.attacker_steps": 2,
+        },
+    )
+    start = get_runtime(cfg).get_lora()
+    result = client_round(cfg, 0, start, server_round=1)
+    assert result.stats.extra["attacker_updates"] == 2 * cfg.train.local_steps
+    assert 0.0 <= result.stats.extra["attacker_test_acc"] <= 1.0 and result.objective_state
+    again = client_round(cfg, 0, start, server_round=1)
+    assert all(np.array_equal(result.state[k], again.state[k]) for k in result.state)  # still deterministic

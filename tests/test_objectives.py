@@ -151,3 +151,28 @@ def test_attacker_architecture_is_the_papers():
     assert [(m.in_features, m.out_features) for m in linear] == [(256, 512), (512, 256), (256, 2)]
     drop = [m for m in mlp.net if isinstance(m, torch.nn.Dropout)]
     assert len(drop) == 2 and all(math.isclose(d.p, 0.5) for d in drop)
+
+
+def test_calibrated_multi_draw_features_average_own_minus_base_errors():
+    from fedlora.privacy.objectives import StepBatch
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (4, 2, 2, 2)
+    draws = [
+        (torch.rand(shape, generator=gen), torch.rand(shape, generator=gen), torch.tensor([1, 2, 3, 4]))
+        for _ in range(3)
+    ]
+    extra = iter(draws[1:])
+    batch = StepBatch(
+        noise=draws[0][1], t=draws[0][2], redraw=lambda: next(extra), base_error=lambda noise, t: 0.5 * noise
+    )  # "the base model's error" at (ε, t)
+    privacy = PrivacyConfig(attacker_features="calibrated", attacker_feature_draws=3)
+    obj = objective_class("smp-lora")(privacy, _attacker(), NO_BATCHES)
+    l_ada, seen = obj.features(draws[0][0], batch)
+    assert l_ada.item() == pytest.approx(torch.stack([e.mean() for e, _, _ in draws]).mean().item())
+    torch.testing.assert_close(seen, torch.stack([e - 0.5 * n for e, n, _ in draws]).mean(0))
+    with pytest.raises(ValueError, match="need the step's batch"):
+        obj.features(draws[0][0], None)
+    plain = objective_class("smp-lora")(PrivacyConfig(), _attacker(), NO_BATCHES)
+    l_plain, seen_plain = plain.features(draws[0][0], None)  # the paper's: the map itself, one draw
+    assert seen_plain is draws[0][0] and l_plain.item() == pytest.approx(draws[0][0].mean().item())

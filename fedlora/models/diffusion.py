@@ -6,7 +6,8 @@ frozen during adaptation), so a training step costs one UNet pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -97,13 +98,27 @@ def mean_denoising_loss(
 
 @torch.no_grad()
 def loss_maps(
-    unet: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, batch_size: int = 256
+    unet: Any,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    gen: torch.Generator,
+    batch_size: int = 256,
+    reference: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> torch.Tensor:
-    """One fresh (t, eps) draw per sample -> (N, C, h, w) squared-error maps: the MIA feature."""
-    noise = torch.randn(latents.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen)
+    """One fresh (t, eps) draw per sample -> (N, C, h, w) squared-error maps: the MIA feature.
+
+    ``reference``: while entered, ``unet`` computes the base model; the map is then the difference
+    of the two models' errors on the same draw (the calibrated feature).
+    """
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
     out = []
     for i in range(0, len(latents), batch_size):
         sl = slice(i, i + batch_size)
-        out.append(squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl]))
+        err = squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
+        if reference is not None:
+            with reference():
+                err = err - squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
+        out.append(err)
     return torch.cat(out) if out else latents.new_zeros((0, *latents.shape[1:]))

@@ -21,7 +21,7 @@ from . import mp_lora  # noqa: F401
 from . import smp_lora  # noqa: F401
 
 # isort: on
-from .base import LabelledMaps, MembershipBatches, Objective
+from .base import LabelledMaps, MembershipBatches, Objective, StepBatch
 from .lora import LoraObjective
 from .membership import ProxyAttackerObjective
 from .mp_lora import mp_lora_loss
@@ -46,6 +46,7 @@ __all__ = [
     "MembershipBatches",
     "Objective",
     "ProxyAttackerObjective",
+    "StepBatch",
     "build_objective",
     "mp_lora_loss",
     "objective_class",

@@ -26,6 +26,16 @@ LabelledMaps = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class StepBatch:
+    """The member batch of one LoRA step, for objectives that need more than its error map."""
+
+    noise: torch.Tensor  # the step's own ε and t
+    t: torch.Tensor
+    redraw: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # another (err with grad, ε, t)
+    base_error: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the base model's map at (ε, t), no grad
+
+
+@dataclass(frozen=True)
 class MembershipBatches:
     """Where a membership-aware objective gets its loss maps from (the client's own splits)."""
 
@@ -48,8 +58,10 @@ class Objective(ABC):
         return cls()
 
     @abstractmethod
-    def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss to minimise (w.r.t. LoRA) from the (B, C, h, w) error map, plus per-step metrics."""
+    def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss to minimise (w.r.t. LoRA) from the (B, C, h, w) error map, plus per-step metrics.
+
+        ``batch`` lets an objective draw more (t, ε) for the same members or query the base model."""
 
     def after_step(self) -> dict[str, float]:
         """Work done after each LoRA step (an attacker update); returns per-step metrics."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from ...registry import OBJECTIVES
-from .base import Objective
+from .base import Objective, StepBatch
 
 
 @OBJECTIVES.register("lora", reference="Hu et al., ICLR 2022", description="L_ada = mean ‖ε − ε_θ(z_t, t, c)‖²")
 class LoraObjective(Objective):
-    def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         loss = err.mean()
         return loss, {"loss_ada": float(loss.detach())}

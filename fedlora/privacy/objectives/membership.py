@@ -4,6 +4,11 @@ G is the attacker's mean log P(member) on the current member batch (its CE negat
 attacker fixed; after each LoRA step the attacker takes ``privacy.attacker_steps`` CE steps on
 balanced batches from D^m_aux and D^nm_aux (UNet under no_grad). After the round it is scored
 on the client's own D_te.
+
+What the attacker sees (``privacy.attacker_features``): the error map (ε − ε_θ)², as the paper
+has it, or the *calibrated* map, the adapted model's error minus the base model's on the same
+(t, ε) — what the strongest attacks compare. ``privacy.attacker_feature_draws`` > 1 averages the
+map over that many (t, ε) draws, like the evaluation's learned MLP.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 
 from ...config import ExperimentConfig, PrivacyConfig
 from ..attacker import ProxyAttacker, member_cross_entropy
-from .base import MembershipBatches, Objective
+from .base import MembershipBatches, Objective, StepBatch
 
 
 class ProxyAttackerObjective(Objective):
@@ -45,9 +50,21 @@ class ProxyAttackerObjective(Objective):
     def combine(self, l_ada: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         """The loss from L_ada and G (≤ 0)."""
 
-    def loss(self, err: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        l_ada = err.mean()
-        gain = -member_cross_entropy(self.attacker.model, err)
+    def features(self, err: torch.Tensor, batch: StepBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_ada, the attacker's input) of the member batch, over ``attacker_feature_draws`` draws."""
+        p = self.privacy
+        simple = p.attacker_features == "error" and p.attacker_feature_draws == 1
+        if simple:
+            return err.mean(), err
+        if batch is None:
+            raise ValueError("calibrated or multi-draw attacker features need the step's batch")
+        draws = [(err, batch.noise, batch.t)] + [batch.redraw() for _ in range(p.attacker_feature_draws - 1)]
+        maps = [e - batch.base_error(n, t) if p.attacker_features == "calibrated" else e for e, n, t in draws]
+        return torch.stack([e.mean() for e, _, _ in draws]).mean(), torch.stack(maps).mean(0)
+
+    def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        l_ada, seen = self.features(err, batch)
+        gain = -member_cross_entropy(self.attacker.model, seen)
         return self.combine(l_ada, gain), {"loss_ada": float(l_ada.detach()), "mi_gain": float(gain.detach())}
 
     def after_step(self) -> dict[str, float]:
