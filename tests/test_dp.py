@@ -117,3 +117,16 @@ def test_fresh_lora_is_seeded_and_starts_as_a_no_op(tiny_base):
     with pytest.raises(ValueError, match="lora_a_init"):
         init_lora(unet, 5, "orthogonal")
     runtime.set_lora(runtime.initial)  # the runtime is shared by the tests of this process
+
+
+def test_training_figure_draws_runs_whose_clients_withhold_their_losses(tmp_path):
+    """Under a DP mode the replies carry only timing; the figure must still be drawn (it once raised KeyError)."""
+    from fedlora.reports.figures import plot_training
+
+    rows = [
+        {"round": 0, "member_loss": 0.1, "nonmember_loss": 0.1},
+        {"round": 1, "member_loss": 0.09, "nonmember_loss": 0.1, "clients": {"0": {"train_s": 1.0, "steps": 4.0}}},
+    ]
+    out = tmp_path / "training.png"
+    plot_training(out, rows)
+    assert out.stat().st_size > 0

@@ -40,12 +40,17 @@ def plot_training(path: str | Path, rows: list[dict]) -> None:
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("mean denoising loss")
     axes[0].legend()
+    withheld = 0
     for r in rows:
-        losses = [c["train_loss"] for c in r.get("clients", {}).values()]
+        clients = list(r.get("clients", {}).values())
+        losses = [c["train_loss"] for c in clients if "train_loss" in c]
+        withheld += len(clients) - len(losses)
         axes[1].scatter([r["round"]] * len(losses), losses, s=10, color="tab:blue", alpha=0.6)
     axes[1].set_xlabel("round")
     axes[1].set_ylabel("client local training loss (objective)")
-    axes[1].set_title("each dot: one client's round")
+    # under a DP mode a client's reply withholds its losses (DpMode.released_metrics)
+    note = f" ({withheld} replies withhold their loss)" if withheld else ""
+    axes[1].set_title("each dot: one client's round" + note)
     if has_attacker:
         for key, label, style in (
             ("attacker_acc", "on its aux training batches", "o-"),
