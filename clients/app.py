@@ -16,9 +16,13 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 
-from fedlora.config import loads_config
-from fedlora.local_training import client_round
+from fedlora.config import ExperimentConfig, loads_config
+from fedlora.faults import maybe_fail
+from fedlora.local_training import ClientRoundResult, client_round, round_seed
+from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
     ARRAYS,
     CLIENT_STATE,
@@ -29,10 +33,17 @@ from fedlora.protocol import (
     METRICS,
     NUM_EXAMPLES,
     OBJECTIVE_STATE,
+    ORACLE,
+    ORACLE_STATE,
     PARTITION_ID,
+    PAYLOAD_KEYS,
     RULE_STATE,
+    SECAGG_CLIPPED,
+    SECAGG_MAX_WEIGHT,
+    UPLOAD_KEYS,
     integer,
 )
+from fedlora.secure_aggregation import SecAggSettings
 
 
 def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
@@ -48,7 +59,17 @@ def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Messa
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[clipping_when_asked])
+def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's SecAgg+ client side, only for the messages of its protocol (federation.secure_aggregation)."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if msg.metadata.message_type.startswith("train") and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[secagg_when_asked, clipping_when_asked])
 
 
 def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -69,16 +90,70 @@ def partition_id(context: Context) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    return Message(RecordDict({METRICS: MetricRecord({PARTITION_ID: partition_id(context)})}), reply_to=msg)
+    """The partition id; with the oracle flag (simulation only), also the last plain upload."""
+    metrics = MetricRecord({PARTITION_ID: partition_id(context)})
+    config = msg.content.config_records.get(CONFIG)
+    if config is not None and config.get(ORACLE) and ORACLE_STATE in context.state:
+        return Message(RecordDict({ARRAYS: context.state.array_records[ORACLE_STATE], METRICS: metrics}), reply_to=msg)
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # SecAgg+'s masked-vector stage
+        return secure_train(msg, context)
     config = msg.content.config_records[CONFIG]
     cfg = loads_config(str(config[CONFIG_KEY]))
+    pid, server_round = partition_id(context), integer(config, "server-round")
+    result, metrics = train_locally(cfg, pid, arrays_of(msg.content.array_records[ARRAYS]), server_round, context)
+    maybe_fail(cfg.simulation.fail_clients, pid, server_round)
+    # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
+    arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
+    return Message(RecordDict({ARRAYS: record_of(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def secure_train(msg: Message, context: Context) -> Message:
+    """The train step inside SecAgg+: legacy FitIns in, legacy FitRes out (the mod masks its arrays).
+
+    Flower's quantizer rounds stochastically with numpy's global generator, so it is seeded
+    here from (run seed, client, round): same config, same decoded aggregate.
+    """
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config = fitins.config
+    cfg = loads_config(str(config[CONFIG_KEY]))
+    pid, server_round = partition_id(context), int(config["server-round"])
+    payload = dict(zip(str(config[PAYLOAD_KEYS]).split("\n"), parameters_to_ndarrays(fitins.parameters)))
+    result, metrics = train_locally(cfg, pid, payload, server_round, context)
+    maybe_fail(cfg.simulation.fail_clients, pid, server_round)
+    dp = build_dp_mode(cfg)
+    upload = dp.secure_upload(result.upload, payload)
+    keys = str(config[UPLOAD_KEYS]).split("\n")
+    if set(keys) != set(upload):
+        differ = sorted(set(keys) ^ set(upload))[:3]
+        raise KeyError(f"this client's upload and the server's expected keys differ in {differ} ...")
+    weight = 1 if dp.uniform_weights else result.stats.num_examples
+    settings = SecAggSettings.from_config(cfg, float(config[SECAGG_MAX_WEIGHT]))
+    metrics[SECAGG_CLIPPED] = settings.clipped_values(upload, weight)
+    if cfg.federation.secagg_oracle:
+        audit = {**upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
+        context.state[ORACLE_STATE] = record_of(audit)
+    np.random.seed(round_seed(cfg.run.seed, pid, server_round, 9) % 2**32)
+    fitres = FitRes(
+        Status(Code.OK, "trained"),
+        ndarrays_to_parameters([np.ascontiguousarray(upload[k]) for k in keys]),
+        int(weight),
+        metrics,
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+def train_locally(
+    cfg: ExperimentConfig, pid: int, payload: dict[str, np.ndarray], server_round: int, context: Context
+) -> tuple[ClientRoundResult, dict[str, Any]]:
+    """One local round with this client's persistent state; the result and its reply metrics."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
-    pid = partition_id(context)
-    server_round = integer(config, "server-round")
     state = context.state
 
     def tensors(key: str) -> dict[str, torch.Tensor] | None:
@@ -87,7 +162,7 @@ def train(msg: Message, context: Context) -> Message:
     result = client_round(
         cfg,
         pid,
-        arrays_of(msg.content.array_records[ARRAYS]),
+        payload,
         server_round,
         objective_state=tensors(OBJECTIVE_STATE),
         kept=arrays_of(state.array_records[RULE_STATE]) if RULE_STATE in state else None,
@@ -107,6 +182,4 @@ def train(msg: Message, context: Context) -> Message:
         "rounds_trained": rounds_trained + 1,
         **result.metrics,
     }
-    # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
-    arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
-    return Message(RecordDict({ARRAYS: record_of(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return result, metrics

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import tomli_w
 
+from . import faults
 from .errors import ConfigError
 from .registry import ATTACKS, DATASETS, DP_MODES, OBJECTIVES, RULES, Registry
 
@@ -30,10 +31,15 @@ __all__ = ["ConfigError", "EMBEDDED_BASE", "ExperimentConfig", "load_config", "l
 
 
 def setting(
-    default: T, *, min: float | None = None, max: float | None = None, choices: Registry[Any] | None = None
+    default: T,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Registry[Any] | None = None,
+    may_be_empty: bool = False,
 ) -> T:
     """A config field with its bounds (inclusive) or the registry whose keys it may take."""
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"may_be_empty": True} if may_be_empty else {}
     if min is not None:
         meta["min"] = min
     if max is not None:
@@ -126,6 +132,19 @@ class FederationConfig:
     # empty: every client uses model.lora_rank.
     client_ranks: tuple[int, ...] = ()
     round_timeout_s: float = setting(3600.0, min=1.0)
+    # Secure aggregation with Flower's SecAgg+ (fedlora/secure_aggregation.py says what the server
+    # then sees). num_shares: a count (an integer >= 3) or, if <= 1, a fraction of the round's
+    # sampled clients; reconstruction_threshold: a count below num_shares or a fraction of it.
+    # clipping/quantization: each uploaded value, times its client's weight / the largest weight,
+    # is clipped to +-clipping_range and stochastically rounded to quantization_range levels.
+    secure_aggregation: bool = False
+    secagg_num_shares: float = setting(1.0, min=1e-9)
+    secagg_reconstruction_threshold: float = setting(0.6, min=1e-9)
+    secagg_clipping_range: float = setting(2.0, min=1e-9)
+    secagg_quantization_range: int = setting(2**24, min=2, max=2**31 - 1)
+    # simulation only: the server also fetches each client's plain upload, outside the protocol, to
+    # measure the aggregate's error and to audit each client (what no real party could do)
+    secagg_oracle: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,9 @@ class SimulationConfig:
     num_gpus_per_client: float = setting(0.0, min=0.0)
     ray_address: str = ""  # "" starts a private local Ray instance
     ray_num_cpus: int = setting(0, min=0)  # 0: all cores of this machine
+    # Fault injection: "PARTITION@ROUND" makes that client raise during that round's training
+    # (after SecAgg+'s key exchange, when secure aggregation is on): dropouts on purpose.
+    fail_clients: tuple[str, ...] = setting((), may_be_empty=True)
 
 
 @dataclass(frozen=True)
@@ -242,7 +264,7 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
             if len(set(value)) != len(value):
                 raise ConfigError(f"{key} lists an entry twice: {list(value)!r}")
             return tuple(value)
-        if not value:
+        if not value and not meta.get("may_be_empty"):
             raise ConfigError(f"{key} must not be empty")
         return tuple(value)
     if allowed is not None:
@@ -338,9 +360,77 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"evaluation.secmi_k = {cfg.evaluation.secmi_k} must not exceed any of "
             f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
+    faults.validate(cfg.simulation.fail_clients, cfg.federation.num_clients, cfg.federation.rounds)
+    _check_secure_aggregation(cfg)
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)
     DP_MODES.get(cfg.privacy.dp).validate(cfg)
+
+
+# ---- secure aggregation's counts (Flower's conventions; fedlora/secure_aggregation.py uses them) ----
+
+MODULUS_RANGE = 2**32  # Flower's largest mask modulus; masked values live in [0, 2**32)
+
+
+def count_or_fraction(value: float) -> int | float:
+    """Flower's convention: a float in (0, 1] is a fraction, anything else a count."""
+    return float(value) if value <= 1 else int(value)
+
+
+def sampled_per_round(cfg: ExperimentConfig) -> int:
+    return max(1, int(round(cfg.federation.num_clients * cfg.federation.fraction_train)))
+
+
+def resolve(num_shares: int | float, threshold: int | float, sampled: int) -> tuple[int, int]:
+    """The (shares, threshold) Flower's workflow will use for ``sampled`` clients (its own rules)."""
+    if isinstance(num_shares, float):
+        shares = round(num_shares * sampled)
+        if shares < sampled and shares % 2 == 0:
+            shares += 1
+        if shares <= 2:
+            shares = sampled
+    else:
+        shares = num_shares
+    t = max(round(threshold * shares), 2) if isinstance(threshold, float) else threshold
+    return shares, t
+
+
+def _check_secure_aggregation(cfg: ExperimentConfig) -> None:
+    """The settings SecAgg+ can run with (fedlora/secure_aggregation.py); rules and DP modes check their own side."""
+    f = cfg.federation
+    if not f.secure_aggregation:
+        if f.secagg_oracle:
+            raise ConfigError("federation.secagg_oracle = true needs federation.secure_aggregation = true")
+        return
+    sampled = sampled_per_round(cfg)
+    if sampled < 2:
+        raise ConfigError(
+            f"federation.secure_aggregation needs at least 2 clients per round; num_clients x fraction_train "
+            f"= {f.num_clients} x {f.fraction_train} samples {sampled}"
+        )
+    for key in ("secagg_num_shares", "secagg_reconstruction_threshold"):
+        value = getattr(f, key)
+        if value > 1 and value != int(value):
+            raise ConfigError(f"federation.{key} = {value}: a count must be a whole number (a fraction must be <= 1)")
+    shares_given = count_or_fraction(f.secagg_num_shares)
+    if isinstance(shares_given, int) and not 3 <= shares_given <= sampled:
+        raise ConfigError(
+            f"federation.secagg_num_shares = {shares_given}: a count must lie in 3..{sampled} (the clients "
+            "sampled per round), or give a fraction <= 1 of them"
+        )
+    threshold_given = count_or_fraction(f.secagg_reconstruction_threshold)
+    shares, threshold = resolve(shares_given, threshold_given, sampled)
+    if isinstance(threshold_given, int) and not 2 <= threshold_given < shares:
+        raise ConfigError(
+            f"federation.secagg_reconstruction_threshold = {threshold_given}: a count must lie in "
+            f"2..{shares - 1} (below the {shares} shares), or give a fraction <= 1 of the shares"
+        )
+    if sampled * f.secagg_quantization_range >= MODULUS_RANGE:
+        raise ConfigError(
+            f"federation.secagg_quantization_range = {f.secagg_quantization_range} times the {sampled} clients "
+            f"per round reaches the mask modulus 2**32: the masked sum would wrap; lower it to below "
+            f"{MODULUS_RANGE // sampled}"
+        )
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -24,6 +24,7 @@ from .reports import Communication, Metrics, Privacy, RunSummary, Timing, write_
 from .reports.figures import plot_roc, plot_training
 from .rules import client_rank
 from .runtime import ModelRuntime
+from .secure_aggregation import ORACLE_LABEL
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RunResult:
     quality: dict[str, float] = field(default_factory=dict)
     dp: dict[str, Any] = field(default_factory=dict)  # the DP mechanism, its parameters and (ε, δ)
     adapter_rank: int = 0  # rank of the saved adapter/ (a dense global model is saved by exact SVD)
+    secure_aggregation: dict[str, Any] | None = None  # None: the server saw every update
 
 
 def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
@@ -52,6 +54,7 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
         quality=Metrics(result.quality),
         timing=result.timing,
         communication=result.communication,
+        secure_aggregation=None if result.secure_aggregation is None else Metrics(result.secure_aggregation),
     )
 
 
@@ -108,4 +111,7 @@ def evaluate_outputs(
     result.timing.eval_s += time.perf_counter() - t0
     if started is not None:
         result.timing.total_s = time.perf_counter() - started
-    return build_summary(cfg, result)
+    summary = build_summary(cfg, result)
+    if result.secure_aggregation and summary.privacy.clients:
+        summary.privacy.clients_from = ORACLE_LABEL  # under SecAgg+ only the simulation's oracle has client updates
+    return summary

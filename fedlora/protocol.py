@@ -14,6 +14,13 @@ CLIENT_STATE = "client-state"
 EVAL_ONLY_PREFIX = "eval-only/"  # keys of arrays sent for the audit only (FedSA-LoRA B); never aggregated
 RULE_STATE = "rule-state"  # what the aggregation rule keeps on a client (FedSA B, FLoRA merged update)
 DP_STATE = "dp-state"  # a client's DP-SGD accountant history
+# Secure aggregation (SecAgg+ sends arrays by position, in Flower's legacy FitIns/FitRes)
+PAYLOAD_KEYS = "fedlora-payload-keys"  # the names of the arrays sent down, newline-separated
+UPLOAD_KEYS = "fedlora-upload-keys"  # the names, in order, of the arrays a client must send up
+SECAGG_MAX_WEIGHT = "fedlora-secagg-max-weight"  # the weight that maps to ratio 1 (for the clip count)
+SECAGG_CLIPPED = "secagg_clipped"  # reply metric: how many of the client's values the quantizer clips
+ORACLE = "fedlora-oracle"  # query flag: return the last plain upload (simulation's oracle only)
+ORACLE_STATE = "oracle-upload"  # where a client keeps that upload
 
 
 def number(record: Mapping[str, Any], key: str) -> float:

@@ -71,6 +71,7 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
         old.communication or Communication(),
         dp=dp if dp.get("mechanism", "none") != "none" else {},
         adapter_rank=int(old.adapter_rank or 0),
+        secure_aggregation=None if old.secure_aggregation is None else dict(old.secure_aggregation),
     )
     t0 = time.perf_counter()
     summary = evaluate_outputs(outputs, cfg, runtime, splits, view, clients, result, t0, started=None)

@@ -7,12 +7,25 @@ turns a round into its ``metrics.jsonl`` row and the run's communication totals.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .reports import Communication
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MAX_REASON = 300
+
+
+def plain_reason(reason: str) -> str:
+    """A failed reply's reason without ANSI colours or Ray's traceback: the exception's own message."""
+    text = ANSI.sub("", str(reason))
+    if "Message: " in text:  # Flower's ClientAppException wraps the client's exception message
+        text = text.rsplit("Message: ", 1)[1]
+    text = text.strip().removesuffix("'>").strip()
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 @dataclass
@@ -23,7 +36,17 @@ class RoundRecord:
     clients: dict[str, dict[str, Any]] | None = None  # partition id -> its reply metrics
     bytes_up_per_client: float | None = None
     bytes_eval_only_per_client: float | None = None  # arrays sent for the audit only (FedSA's B)
+    # serialised message contents, every protocol message of the round (SecAgg+: its four stages)
+    wire_bytes_down_per_client: float | None = None
+    wire_bytes_up_per_client: float | None = None
     round_s: float | None = None
+    skipped: str | None = None  # why a round produced no update (e.g. SecAgg+ halted)
+    # secure aggregation: who dropped out, values the quantizer clipped, the error bound and, with the
+    # simulation's oracle, the measured max |decoded mean - plain weighted mean|
+    secagg_dropped: list[int] | None = None
+    secagg_clipped_values: int | None = None
+    secagg_error_bound: float | None = None
+    secagg_max_abs_error: float | None = None
 
     @property
     def trained(self) -> bool:
@@ -68,4 +91,6 @@ class RoundLog:
             bytes_down_per_client_round=mean("bytes_down_per_client"),
             bytes_eval_only_per_client_round=mean("bytes_eval_only_per_client"),
             bytes_down_per_client_round_max=max(values("bytes_down_per_client"), default=0.0),
+            wire_bytes_up_per_client_round=mean("wire_bytes_up_per_client"),
+            wire_bytes_down_per_client_round=mean("wire_bytes_down_per_client"),
         )

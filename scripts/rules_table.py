@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sweep import ROOT, archive, fedlora_run, read_metrics, read_summary, write_section
+from sweep import ROOT, archive, best_attack, fedlora_run, kib, read_metrics, read_summary, write_section
 
 from fedlora.registry import RULES as REGISTERED_RULES
 
@@ -73,10 +73,6 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _kib(x: float) -> str:
-    return f"{x / 1024:.1f}"
-
-
 def loss_change(run: Path) -> str:
     """Members' and non-members' mean loss change from the base (round 0) to the final round, ×1e4."""
     rows = read_metrics(run)
@@ -87,18 +83,13 @@ def loss_change(run: Path) -> str:
     )
 
 
-def _best(attacks: dict) -> tuple[str, dict]:
-    name = max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5))
-    return name, attacks[name]
-
-
 def row(name: str, s: dict, run: Path) -> str:
     g, q, c, dp = s["privacy"]["global"], s["quality"], s["communication"], s["privacy"].get("dp", {})
     clients = s["privacy"].get("clients", {})
     verdict = s["privacy"].get("verdict", {})
-    attack, m = _best(g)
+    attack, m = best_attack(g)
     cal = g.get(CALIBRATED, {})
-    client_best = [_best(v)[1]["auc"] for v in clients.values() if v]
+    client_best = [best_attack(v)[1]["auc"] for v in clients.values() if v]
     cells_ = [
         name,
         loss_change(run),
@@ -108,9 +99,9 @@ def row(name: str, s: dict, run: Path) -> str:
         f"{_pct(cal['asr'])} / {cal['auc']:.3f}" if cal else "n/a",
         f"{verdict.get('clients_leaking', 'n/a')} of {len(clients)}",
         f"{np.mean(client_best):.3f} ± {np.std(client_best, ddof=1):.3f}" if len(client_best) > 1 else "n/a",
-        _kib(c["bytes_up_per_client_round"]),
-        _kib(c["bytes_down_per_client_round"]),
-        _kib(c.get("bytes_down_per_client_round_max", 0.0)),
+        kib(c["bytes_up_per_client_round"]),
+        kib(c["bytes_down_per_client_round"]),
+        kib(c.get("bytes_down_per_client_round_max", 0.0)),
     ]
     if dp.get("formal"):
         eps = f"ε = {dp['epsilon']:.1f} (δ = {dp['delta']:g}, {dp['mechanism']})"

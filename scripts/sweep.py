@@ -91,3 +91,13 @@ def write_section(name: str, lines: list[str], path: Path = RESULTS) -> None:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block
     path.write_text(text)
     print(f"[sweep] wrote section {name!r} of {repo_relative(path)}", file=sys.stderr)
+
+
+def best_attack(attacks: dict) -> tuple[str, dict]:
+    """The attack whose AUC is farthest from 0.5, with its numbers."""
+    name = max(attacks, key=lambda a: abs(attacks[a]["auc"] - 0.5))
+    return name, attacks[name]
+
+
+def kib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x / 1024:.1f}"

@@ -26,8 +26,11 @@ from fedlora.reports import Timing
 from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
 from fedlora.runtime import check_base_matches_data, get_runtime, get_splits
+from fedlora.secure_aggregation import SecAggSettings, secure_summary
 
+from .secure_aggregation import run_secure_rounds
 from .strategy import AccountedFedAvgStrategy, LoraStrategy, to_record
+from .wire import CountingGrid
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DISCOVERY_TIMEOUT_S = 300.0
@@ -79,6 +82,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
     runtime = get_runtime(cfg)
     tracker = LossTracker(cfg, runtime, splits)
     partition_of = discover_clients(grid, cfg.federation.num_clients)
+    wire = CountingGrid(grid)
     rule = build_rule(cfg).start(runtime.initial)
     dp = build_dp_mode(cfg)
     log = RoundLog()
@@ -91,7 +95,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
     )
-    runner = dp.wrap(strategy)
+    runner = strategy if cfg.federation.secure_aggregation else dp.wrap(strategy)
     timings = Timing()
     progress = tqdm(total=cfg.federation.rounds, desc=f"{cfg.run.name}: rounds", unit="round")
 
@@ -99,6 +103,9 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         t0 = time.perf_counter()
         strategy.sync_global(arrays)
         losses = tracker(rule.global_view())
+        entry = log[server_round]
+        for key, value in wire.take().items():
+            setattr(entry, key, value)
         row = {"round": server_round, **losses, **log.row(server_round), **dp.round_metrics(log, server_round)}
         timings.train_s += row.get("round_s", 0.0)
         outputs.append_metrics(row)
@@ -108,20 +115,27 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         timings.eval_s += time.perf_counter() - t0
         return MetricRecord(dict(losses))
 
-    result = runner.start(
-        grid=grid,
-        initial_arrays=to_record(runtime.initial),
-        num_rounds=cfg.federation.rounds,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=ConfigRecord({}),
-        evaluate_fn=evaluate,
-    )
+    secure = None
+    if cfg.federation.secure_aggregation:
+        weights = [1.0] if dp.uniform_weights else [float(len(c.members)) for c in splits.clients]
+        settings = SecAggSettings.from_config(cfg, max_weight=max(weights))
+        run_secure_rounds(grid, cfg, strategy, dp, settings, evaluate, wire)
+        secure = secure_summary(cfg, settings, log)
+    else:
+        result = runner.start(
+            grid=wire,
+            initial_arrays=to_record(runtime.initial),
+            num_rounds=cfg.federation.rounds,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=ConfigRecord({}),
+            evaluate_fn=evaluate,
+        )
+        strategy.sync_global(result.arrays)
     progress.close()
     if not log.trained():
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
-    strategy.sync_global(result.arrays)
     final = rule.global_view()
-    run_result = RunResult(timings, log.communication(), dp=dp.summary(log))
+    run_result = RunResult(timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure)
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started, rule.client_views())
     return outputs.root, final
 

@@ -19,7 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID, integer, number
-from fedlora.rounds import RoundLog
+from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import Rule
 
 
@@ -127,7 +127,7 @@ class LoraStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        self.log[server_round].failures = [str(m.error.reason) for m in errors]
+        self.log[server_round].failures = [plain_reason(str(m.error.reason)) for m in errors]
         if not valid:
             return None, None
         valid.sort(key=partition_of_reply)

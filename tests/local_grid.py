@@ -1,16 +1,20 @@
 """Flower's ``Grid`` in one process: every node is a direct ClientApp call with its own Context.
 
 No Ray and no network, so a whole federation (ServerApp logic + ClientApp handlers) runs inside
-the test process, where extensions registered by a test file are visible to both sides.
+the test process, where extensions registered by a test file are visible to both sides. As in
+Flower's simulation engine, a ClientApp that raises answers with an error reply, and its
+context keeps only what successful calls wrote.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -54,7 +58,16 @@ class LocalGrid(Grid):
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[msg.metadata.message_id] = self.app(msg, self.contexts[msg.metadata.dst_node_id])
+            node = msg.metadata.dst_node_id
+            context = copy.deepcopy(self.contexts[node])
+            try:  # a copy of the message, as if it had been serialised (the workflow shares one content)
+                reply = self.app(copy.deepcopy(msg), context)
+                self.contexts[node] = context
+            except Exception as ex:  # what Flower's engine does with a raising ClientApp
+                reply = Message(
+                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(ex)}:<'{ex}'>"), reply_to=msg
+                )
+            self._replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
         return ids
 

@@ -75,19 +75,30 @@ def round_epsilon(row: Mapping[str, Any]) -> float | None:
 def round_table(rows: list[dict[str, Any]]) -> Table:
     """One row per metrics.jsonl line; the DP ε column only when some round has one."""
     has_eps = any(round_epsilon(r) is not None for r in rows)
-    header = ("round", "member loss", "non-member loss", "gap", "clients", "bytes up / client", "round s")
+    has_auc = any("round_calibrated_auc" in r for r in rows)
+    header: tuple[str, ...] = (
+        "round",
+        "member loss",
+        "non-member loss",
+        "gap",
+        "clients",
+        "bytes up / client",
+        "round s",
+    )
     body = []
     for r in rows:
-        line = (
+        line: tuple[str, ...] = (
             str(r.get("round", "?")),
             fmt(r.get("member_loss"), ".4f"),
             fmt(r.get("nonmember_loss"), ".4f"),
             fmt(r.get("loss_gap"), "+.4f"),
-            str(len(r.get("clients") or {})),
+            str(len(r.get("clients") or {})) + (" (skipped)" if r.get("skipped") else ""),
             fmt(r.get("bytes_up_per_client"), ",.0f") if "bytes_up_per_client" in r else "—",
             fmt(r.get("round_s"), ".1f") if "round_s" in r else "—",
         )
+        line += (fmt(r.get("round_calibrated_auc"), ".2f"),) if has_auc else ()
         body.append(line + ((fmt(round_epsilon(r), ".3f"),) if has_eps else ()))
+    header += ("model AUC (calibrated loss)",) if has_auc else ()
     return Table(header + (("DP ε",) if has_eps else ()), tuple(body))
 
 
@@ -123,6 +134,48 @@ def quality_table(q: Metrics) -> Table:
 
 
 @dataclass(frozen=True)
+class SecureAggregation:
+    """What summary.json's ``secure_aggregation`` says: who saw what, the protocol's settings and events."""
+
+    sees: str
+    does_not_see: str
+    client_audit: str
+    facts: tuple[tuple[str, str], ...]
+
+
+def secure_aggregation(block: Metrics | None) -> SecureAggregation | None:
+    if not block or not block.get("enabled"):
+        return None
+    error = block.number("max_abs_error")
+    facts = (
+        ("protocol", str(block.get("protocol", "SecAgg+"))),
+        (
+            "shares / reconstruction threshold per round",
+            f"{block.get('shares_per_round')} / {block.get('threshold_per_round')}",
+        ),
+        (
+            "clipping range, quantization levels",
+            f"±{fmt(block.number('clipping_range'), 'g')}, {fmt(block.number('quantization_range'), ',.0f')}",
+        ),
+        ("largest client weight (maps to ratio 1)", fmt(block.number("max_weight"), "g")),
+        ("error bound on the aggregate (one level / mean ratio)", fmt(block.number("error_bound"), ".2e")),
+        ("measured max |aggregate − weighted mean|", "not measured (no oracle)" if error is None else f"{error:.2e}"),
+        ("values clipped by the quantizer", fmt(block.number("clipped_values"), ",.0f")),
+        ("dropouts reconstructed around", fmt(block.number("dropouts"), "d")),
+        (
+            "rounds skipped (too few clients for the threshold)",
+            ", ".join(map(str, block.get("rounds_skipped") or [])) or "none",
+        ),
+    )
+    return SecureAggregation(
+        sees=str(block.get("server_sees", "")),
+        does_not_see=str(block.get("server_does_not_see", "")),
+        client_audit=str(block.get("client_audit", "")),
+        facts=facts,
+    )
+
+
+@dataclass(frozen=True)
 class Sections:
     """What both reports show of a run folder; None where the file it comes from is missing or unreadable."""
 
@@ -132,17 +185,22 @@ class Sections:
     leakage: LeakageTable | None
     quality: Table | None
     dp: DpGuarantee | None
+    secure: SecureAggregation | None = None  # None: the server saw every update
 
     @classmethod
     def of(cls, folder: RunFolder) -> Sections:
         s = folder.summary
+        secure = None if s is None else secure_aggregation(s.secure_aggregation)
         return cls(
-            verdict=() if s is None or s.privacy.verdict is None else verdict_sentences(s.privacy.verdict),
+            verdict=()
+            if s is None or s.privacy.verdict is None
+            else verdict_sentences(s.privacy.verdict, secure is not None),
             splits=None if folder.splits is None else split_sizes(folder.splits),
             rounds=None if folder.metrics is None else round_table(folder.metrics),
             leakage=None if s is None else leakage_table(s.privacy),
             quality=None if s is None else quality_table(s.quality),
             dp=None if s is None else dp_guarantee(s.privacy.dp),
+            secure=secure,
         )
 
 
@@ -173,7 +231,7 @@ def _global_sentence(v: Metrics) -> str:
     )
 
 
-def _clients_sentence(v: Metrics) -> str:
+def _clients_sentence(v: Metrics, secure: bool = False) -> str:
     clients = v.block("clients")
     m, leaking = len(clients), int(v.number("clients_leaking") or 0)
     uncorrected = int(v.number("clients_leaking_uncorrected") or 0)
@@ -185,10 +243,11 @@ def _clients_sentence(v: Metrics) -> str:
         if isinstance(b, Mapping) and b.get("leaks")
     ]
     rule = f"its best attack's interval, Bonferroni-corrected for {m} clients × {k} attacks, excludes 0.5"
+    seen = "fetched by the simulation's oracle (no real party sees them)" if secure else "as the server sees them"
     if leaking:
-        lead = f"{leaking} of {m} client updates, as the server sees them, leak ({rule}: {', '.join(which)})"
+        lead = f"{leaking} of {m} client updates, {seen}, leak ({rule}: {', '.join(which)})"
     else:
-        lead = f"No client update, as the server sees it, leaks by the rule that {rule}"
+        lead = f"No client update, {seen}, leaks by the rule that {rule}"
     if uncorrected == 0:
         return f"{lead}; no uncorrected 95 % interval excludes 0.5 either."
     return (
@@ -197,11 +256,20 @@ def _clients_sentence(v: Metrics) -> str:
     )
 
 
-def verdict_sentences(verdict: Metrics) -> tuple[str, ...]:
+SECURE_SENTENCE = (
+    "Under secure aggregation (SecAgg+) the server held no client's update, only each round's aggregate and the "
+    "global model{oracle}."
+)
+
+
+def verdict_sentences(verdict: Metrics, secure: bool = False) -> tuple[str, ...]:
     """The reports' opening: does each audited view leak, by the strongest attack and its interval."""
     out = []
+    if secure:
+        oracle = "; the client rows below come from a simulation oracle" if verdict.block("clients") else ""
+        out.append(SECURE_SENTENCE.format(oracle=oracle))
     if verdict.block("global"):
         out.append(_global_sentence(verdict.block("global")))
     if verdict.block("clients"):
-        out.append(_clients_sentence(verdict))
+        out.append(_clients_sentence(verdict, secure))
     return tuple(out)

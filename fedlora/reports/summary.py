@@ -98,6 +98,9 @@ class Communication:
     bytes_down_per_client_round: float = 0.0
     bytes_eval_only_per_client_round: float = 0.0
     bytes_down_per_client_round_max: float = 0.0
+    # every protocol message's serialised content (config, masks and key shares included)
+    wire_bytes_up_per_client_round: float | None = None
+    wire_bytes_down_per_client_round: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -188,6 +191,8 @@ class RunSummary:
     quality: Metrics = field(default_factory=Metrics)
     timing: Timing | None = None  # None: the summary records no timing
     communication: Communication | None = None
+    # federation.secure_aggregation: enabled, its parameters, what the server sees, dropouts, errors
+    secure_aggregation: Metrics | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -197,6 +202,7 @@ class RunSummary:
             "quality": Mapping,
             "timing": Mapping,
             "communication": Mapping,
+            "secure_aggregation": Mapping,
             "client_ranks": list,
         }
         known, extra = _split(cls, data, shapes)
@@ -205,6 +211,7 @@ class RunSummary:
             "quality": Metrics(known.pop("quality", {})),
             "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
             "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
+            "secure_aggregation": Metrics(known.pop("secure_aggregation")) if "secure_aggregation" in known else None,
         }
         return cls(**known, **sections, extra=extra)
 
@@ -216,6 +223,7 @@ class RunSummary:
             quality=dict(self.quality),
             timing=None if self.timing is None else self.timing.to_dict(),
             communication=None if self.communication is None else self.communication.to_dict(),
+            secure_aggregation=None if self.secure_aggregation is None else dict(self.secure_aggregation),
         )
 
     def write(self, run_dir: str | Path) -> Path:

@@ -73,6 +73,10 @@ class Rule(ABC):
     # The global adapter is exactly the arrays Flower carries between rounds, so Flower's own
     # strategy wrappers (central DP) may act on it.
     global_is_carried: ClassVar[bool] = False
+    # The aggregate is a weighted mean of same-shaped uploads, so secure aggregation can compute it
+    # without the server seeing an upload (``fold_mean``); otherwise ``not_summable`` says why not.
+    summable: ClassVar[bool] = False
+    not_summable: ClassVar[str] = "its aggregate is not a weighted mean of the uploads"
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -81,6 +85,13 @@ class Rule(ABC):
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
         """Refuse settings this rule cannot honour (raise ConfigError naming the keys)."""
+        if cfg.federation.secure_aggregation and not cls.summable:
+            raise ConfigError(
+                "federation.secure_aggregation = true cannot run federation.aggregation = "
+                f"{cfg.federation.aggregation!r}: "
+                f"{cls.not_summable}, and SecAgg+ reveals only the weighted mean of same-shaped uploads; choose one "
+                f"of {rules_with('summable')}"
+            )
         if cfg.federation.client_ranks and not cls.heterogeneous_ranks:
             raise ConfigError(
                 f"federation.client_ranks = {list(cfg.federation.client_ranks)} needs a heterogeneous-rank rule "
@@ -136,6 +147,19 @@ class Rule(ABC):
     @abstractmethod
     def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         """``aggregate`` without the bookkeeping: ``ids`` sorted, ``weights`` aligned with them."""
+
+    def upload_keys(self) -> list[str]:
+        """The keys a client uploads, in the adapter's order (secure aggregation sends arrays by position)."""
+        return list(self.client_upload(self.initial))
+
+    def fold_mean(self, mean: State) -> None:
+        """Take the weighted mean of the round's uploads as the new global state (summable rules);
+        under secure aggregation it is all the server learns of the round."""
+        raise NotImplementedError(f"{type(self).__name__} is not summable")
+
+    def record_views(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
+        """Keep each client's update as the server sees it without secure aggregation (the audit's client views)."""
+        self.views.update({i: ModelView(lora=dict(uploads[i])) for i in ids})
 
     def carried(self) -> Arrays:
         """What the strategy hands back to Flower as the round's arrays."""

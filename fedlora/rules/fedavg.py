@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import aggregation as agg
 from ..models.lora import ModelView
 from ..registry import RULES
@@ -15,6 +17,7 @@ from .base import Arrays, ClientSetup, PerClient, Rule, State
 )
 class FedAvg(Rule):
     global_is_carried = True
+    summable = True
 
     def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup(dict(payload))
@@ -23,8 +26,11 @@ class FedAvg(Rule):
         return dict(self.global_lora)
 
     def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
-        self.global_lora = agg.fedavg([uploads[i] for i in ids], weights)
-        self.views.update({i: ModelView(lora=dict(uploads[i])) for i in ids})
+        self.fold_mean(agg.fedavg([uploads[i] for i in ids], weights))
+        self.record_views(ids, uploads, weights, eval_only)
+
+    def fold_mean(self, mean: State) -> None:
+        self.global_lora = {k: np.asarray(mean[k], dtype=np.float32) for k in self.initial}
 
     def global_view(self) -> ModelView:
         return ModelView(lora=dict(self.global_lora))

@@ -17,6 +17,7 @@ from .base import Arrays, ClientSetup, PerClient, Rule, State, factor
 )
 class FedSA(Rule):
     upload = ("A",)
+    summable = True
 
     def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         b = factor(kept, "B") or factor(init, "B")
@@ -37,7 +38,15 @@ class FedSA(Rule):
         return factor(self.global_lora, "A")
 
     def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
-        self.global_lora = {**agg.fedsa([uploads[i] for i in ids], weights), **factor(self.global_lora, "B")}
+        self.fold_mean(agg.fedsa([uploads[i] for i in ids], weights))
+        self.record_views(ids, uploads, weights, eval_only)
+
+    def fold_mean(self, mean: State) -> None:
+        merged = {**factor(mean, "A"), **factor(self.global_lora, "B")}
+        self.global_lora = {k: np.asarray(merged[k], dtype=np.float32) for k in self.initial}
+
+    def record_views(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
+        """The personalised models (Aₖ, Bₖ) and their average update, from the audit-only Bₖ."""
         if any(not factor(eval_only.get(i, {}), "B") for i in ids):
             return
         # evaluation only: the personalised models (Aₖ, Bₖ) and their average update

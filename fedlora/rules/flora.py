@@ -20,6 +20,7 @@ from .base import Arrays, ClientSetup, PerClient, Rule, State, client_scaling
 class FLoRA(Rule):
     fresh_lora = True
     heterogeneous_ranks = True
+    not_summable = "FLoRA stacks every client's A and B side by side (each client's factors are sent on to all)"
 
     def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         merged = {k: np.array(v, dtype=np.float64) for k, v in kept.items()}

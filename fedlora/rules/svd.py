@@ -18,6 +18,7 @@ from .base import Arrays, ClientSetup, PerClient, Rule, State, client_rank, clie
 )
 class SvdRefactor(Rule):
     heterogeneous_ranks = True
+    not_summable = "svd forms each client's product B_k A_k on the server from its own factors (of its own rank)"
 
     def client_setup(self, client_id: int, payload: State, kept: State, init: State) -> ClientSetup:
         return ClientSetup(agg.fill_dead_directions(payload, init))

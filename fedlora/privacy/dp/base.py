@@ -39,6 +39,9 @@ class DpMode:
     # leaves the client except through the mechanism (losses, the proxy attacker's accuracy, ...
     # would not be covered by its ε).
     released_metrics: ClassVar[frozenset[str] | None] = None
+    # Under secure aggregation: every client weighs 1 in the mean (an accountant's assumption)
+    # instead of its number of examples.
+    uniform_weights: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -69,7 +72,15 @@ class DpMode:
         """The client's local training; returns its stats and what the mode keeps for the next round."""
         return train_lora(runtime, members, self.cfg.train, objective, seed, self.gradient_hook()), {}
 
+    def secure_upload(self, upload: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Under secure aggregation: what a client puts into the masked sum, given what it was sent."""
+        return dict(upload)
+
     # ---- server side -------------------------------------------------------------------
+
+    def noise_secure_mean(self, mean: Mapping[str, Any], contributors: int, server_round: int) -> dict[str, Any]:
+        """Under secure aggregation: the decoded mean of ``contributors`` uploads, as the mode releases it."""
+        return dict(mean)
 
     def wrap(self, strategy: Any) -> Any:
         """The strategy the ServerApp runs (a Flower DP wrapper around it, or itself)."""

@@ -10,7 +10,7 @@ neighbouring client populations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from ...config import ExperimentConfig
 from ...errors import ConfigError
 from ...protocol import METRICS, PARTITION_ID
 from ...registry import DP_MODES
-from ...rounds import RoundLog
+from ...rounds import RoundLog, plain_reason
 from ...rules import rule_class, rules_with
 from .base import TIMING_ONLY, DpMode
 
@@ -40,6 +40,14 @@ def make_accountant(delta: float, population: int) -> Any:
     )
 
 
+def clip_update(upload: Mapping[str, Any], payload: Mapping[str, Any], norm: float) -> dict[str, Any]:
+    """payload + (upload - payload) * min(1, norm / ||upload - payload||) (McMahan et al.'s flat clipping)."""
+    delta = {k: np.asarray(upload[k], dtype=np.float64) - np.asarray(payload[k], dtype=np.float64) for k in upload}
+    total = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta.values())))
+    scale = min(1.0, norm / total) if total > 0 else 1.0
+    return {k: (np.asarray(payload[k], dtype=np.float64) + delta[k] * scale).astype(np.float32) for k in upload}
+
+
 def _partition(message: Any) -> int:
     return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
 
@@ -54,6 +62,7 @@ class DpFedAvg(DpMode):
     formal = True
     uses_flower_aggregation = True
     released_metrics = TIMING_ONLY
+    uniform_weights = True
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -65,6 +74,9 @@ class DpFedAvg(DpMode):
         self.population = cfg.federation.num_clients
         self.accountant = make_accountant(self.delta, self.population)
         self.wrapper: Any = None
+        self.secure = cfg.federation.secure_aggregation
+        self.noise_rng = np.random.default_rng([cfg.run.seed, 23])  # the secure path's server noise
+        self.last_contributors = 0
 
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
@@ -73,6 +85,12 @@ class DpFedAvg(DpMode):
             raise ConfigError(
                 f"privacy.dp = 'dp-fedavg' needs federation.aggregation = one of {rules_with('global_is_carried')} "
                 f"(Flower's accounted DP wrapper acts on the arrays Flower carries), not {rule!r}"
+            )
+        if cfg.federation.secure_aggregation and cfg.privacy.dp_clipping != "client":
+            raise ConfigError(
+                "privacy.dp = 'dp-fedavg' with federation.secure_aggregation = true needs privacy.dp_clipping = "
+                f"'client', not {cfg.privacy.dp_clipping!r}: server-side clipping needs each client's update, which "
+                "SecAgg+ keeps from the server"
             )
         if cfg.privacy.dp_noise_multiplier <= 0:
             raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
@@ -94,13 +112,30 @@ class DpFedAvg(DpMode):
         class SortedReplies(base):  # type: ignore[valid-type,misc]  # summed in client order: same seed, same numbers
             def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
                 replies = sorted(replies, key=_partition)
-                strategy.log[server_round].failures = [str(m.error.reason) for m in replies if m.has_error()]
+                strategy.log[server_round].failures = [
+                    plain_reason(str(m.error.reason)) for m in replies if m.has_error()
+                ]
                 return super().aggregate_train(server_round, replies)
 
         self.wrapper = SortedReplies(
             strategy, self.noise_multiplier, self.clipping_norm, strategy.num_sampled, accountant=self.accountant
         )
         return self.wrapper
+
+    def secure_upload(self, upload: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The client's clipping: its update (upload - payload, all arrays as one vector) scaled to norm <= C."""
+        return clip_update(upload, payload, self.clipping_norm)
+
+    def noise_secure_mean(self, mean: Mapping[str, Any], contributors: int, server_round: int) -> dict[str, Any]:
+        """Flower's fl-dp-sa pattern: N(0, (sigma C / m)^2) added by the server to the decoded mean of the
+        m clipped updates (m: the clients whose uploads the mean holds, dropouts excluded), one release."""
+        from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+        std = self.noise_multiplier * self.clipping_norm / contributors
+        out = {k: (v + self.noise_rng.normal(0.0, std, np.shape(v))).astype(np.float32) for k, v in mean.items()}
+        self.accountant.compose(GaussianPrivacyEvent(self.noise_multiplier, contributors, self.population))
+        self.last_contributors = contributors
+        return out
 
     def epsilon(self) -> float:
         spent = self.accountant.get_privacy_spent()
@@ -114,18 +149,28 @@ class DpFedAvg(DpMode):
 
     def summary(self, log: RoundLog | None = None) -> dict[str, Any]:
         clipped = "clipped by the server" if self.clipping == "server" else "clipped by each client"
+        covers = (
+            "the global model after every round, and whatever is computed from it; NOT the updates "
+            f"the server receives before it adds the noise ({clipped}, unnoised): the ServerApp itself is trusted"
+        )
+        if self.secure:
+            covers = (
+                "the global model after every round, and whatever is computed from it. The server sees no client's "
+                "update (SecAgg+), only the decoded mean of the clipped updates, and adds the noise to it itself "
+                "(Flower's fl-dp-sa pattern): a server that skipped the noise would learn that exact mean, but still "
+                "no single client's update unless every other client of the round colluded with it"
+            )
+        contributors = self.last_contributors or (self.wrapper.num_sampled_clients if self.wrapper else 1)
         return {
             "mechanism": "dp-fedavg",
             "level": "user (client)",
             "protects": "each client's whole contribution (add-or-remove-one client)",
-            "covers": "the global model after every round, and whatever is computed from it; NOT the updates "
-            f"the server receives before it adds the noise ({clipped}, unnoised): the ServerApp itself is trusted",
+            "covers": covers,
             "clipping": self.clipping,
+            "noise_added_by": "the server, to the decoded secure sum" if self.secure else "the server",
             "noise_multiplier": self.noise_multiplier,
             "clipping_norm": self.clipping_norm,
-            "noise_std": self.noise_multiplier
-            * self.clipping_norm
-            / (self.wrapper.num_sampled_clients if self.wrapper else 1),
+            "noise_std": self.noise_multiplier * self.clipping_norm / contributors,
             "epsilon": self.epsilon(),
             "delta": self.delta,
             "releases": self.releases(),

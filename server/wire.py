@@ -1,0 +1,81 @@
+"""Bytes on the wire: a Grid that counts the serialised content of every message it carries.
+
+Counts what the protocol sends, config records and key shares included (the strategy's own
+``bytes_*`` fields count only the arrays), so that plain and SecAgg+ rounds compare like for like.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedlora.rounds import plain_reason
+
+
+def content_bytes(content: RecordDict) -> int:
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+class CountingGrid(Grid):
+    def __init__(self, grid: Grid):
+        self.inner = grid
+        self.down: dict[int, int] = defaultdict(int)
+        self.up: dict[int, int] = defaultdict(int)
+        self.errors: dict[int, str] = {}  # node id -> the first error it replied with (cleared by the caller)
+
+    # ---- counting ------------------------------------------------------------------------
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        for msg in messages:
+            self.down[msg.metadata.dst_node_id] += content_bytes(msg.content)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            if reply.has_error():
+                self.errors.setdefault(reply.metadata.src_node_id, plain_reason(str(reply.error.reason)))
+            else:
+                self.up[reply.metadata.src_node_id] += content_bytes(reply.content)
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for msg in messages:
+            if msg.metadata.dst_node_id not in answered:
+                self.errors.setdefault(msg.metadata.dst_node_id, f"no reply within {timeout} s")
+        return replies
+
+    def take(self) -> dict[str, float]:
+        """Mean bytes per client messaged since the last call, then reset."""
+        out = {}
+        if self.down:
+            out["wire_bytes_down_per_client"] = sum(self.down.values()) / len(self.down)
+        if self.up:
+            out["wire_bytes_up_per_client"] = sum(self.up.values()) / len(self.up)
+        self.down.clear()
+        self.up.clear()
+        return out
+
+    # ---- the rest is the wrapped grid's ----------------------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
