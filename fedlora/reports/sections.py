@@ -250,6 +250,8 @@ def _clients_sentence(v: Metrics, secure: bool = False) -> str:
         lead = f"No client update, {seen}, leaks by the rule that {rule}"
     if uncorrected == 0:
         return f"{lead}; no uncorrected 95 % interval excludes 0.5 either."
+    if uncorrected == leaking:
+        return f"{lead}; the uncorrected 95 % intervals say the same."
     return (
         f"{lead}; uncorrected 95 % intervals exclude 0.5 for {uncorrected} of {m}, which taking the best of "
         f"{m * k} tests can produce by chance alone."
