@@ -63,6 +63,13 @@ class RunOutputs:
         with self.path(METRICS_FILE).open("a") as fh:
             fh.write(json.dumps(_jsonable(row)) + "\n")
 
+    def keep_metrics_upto(self, server_round: int) -> None:
+        """Drop the rows of rounds after ``server_round`` (a resume redoes them)."""
+        rows = [r for r in self.read_metrics() if int(r.get("round", 0)) <= server_round]
+        tmp = self.path(METRICS_FILE + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.path(METRICS_FILE))
+
     def read_metrics(self) -> list[dict]:
         path = self.path(METRICS_FILE)
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -34,7 +34,6 @@ from fedlora.privacy.dp import DpMode
 from fedlora.protocol import (
     ARRAYS,
     CONFIG,
-    CONFIG_KEY,
     EVAL_ONLY_PREFIX,
     METRICS,
     NUM_EXAMPLES,
@@ -76,8 +75,7 @@ class SecureRound:
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
         pids = self.strategy.sample_partitions(server_round)
         config: dict[str, Scalar] = {
-            "server-round": server_round,
-            CONFIG_KEY: self.strategy.config_text,
+            **self.strategy.round_config(server_round),
             UPLOAD_KEYS: "\n".join(self.upload_keys),
             SECAGG_MAX_WEIGHT: self.settings.max_weight,
         }
@@ -157,12 +155,16 @@ def run_secure_rounds(
     settings: SecAggSettings,
     evaluate: EvaluateFn,
     wire: CountingGrid,
+    first_round: int = 0,
 ) -> None:
-    """Round 0's evaluation, then per round: one SecAgg+ workflow, the oracle if asked, the evaluation."""
+    """Round 0's evaluation, then per round: one SecAgg+ workflow, the oracle if asked, the evaluation.
+
+    ``first_round`` > 0 continues a resumed run (rounds before it are done)."""
     rule, log = strategy.rule, strategy.log
     face = SecureRound(strategy, dp, settings, wire)
-    evaluate(0, to_record(rule.carried()))
-    for server_round in range(1, cfg.federation.rounds + 1):
+    if first_round == 0:
+        evaluate(0, to_record(rule.carried()))
+    for server_round in range(max(1, first_round), cfg.federation.rounds + 1):
         state = RecordDict(
             {
                 MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),

@@ -18,7 +18,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID, integer, number
+from fedlora.protocol import (
+    CONFIG_KEY,
+    EVAL_ONLY_PREFIX,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    STATE_DIR,
+    integer,
+    number,
+)
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import Rule
 
@@ -59,6 +68,14 @@ class LoraStrategy(FedAvg):
         self.config_text = config_text
         self._round_started = 0.0
         self._current_round = 0
+        self.client_state_dir: str | None = None  # simulation: clients save their state there (resume)
+
+    def round_config(self, server_round: int) -> dict[str, str | int]:
+        """What every train message of the round carries besides the payload."""
+        config: dict[str, str | int] = {"server-round": server_round, CONFIG_KEY: self.config_text}
+        if self.client_state_dir:
+            config[STATE_DIR] = self.client_state_dir
+        return config
 
     @property
     def num_sampled(self) -> int:
@@ -81,8 +98,8 @@ class LoraStrategy(FedAvg):
         self._current_round = server_round
         self.sync_global(arrays)
         pids = self.sample_partitions(server_round)
-        config["server-round"] = server_round
-        config[CONFIG_KEY] = self.config_text
+        for key, value in self.round_config(server_round).items():
+            config[key] = value
         messages, down = [], []
         for pid in pids:
             record = to_record(self.rule.payload(pid))

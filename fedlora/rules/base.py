@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -129,6 +129,13 @@ class Rule(ABC):
         self.like = agg.lora_pairs(self.initial)
         self.global_lora: Arrays = dict(self.initial)
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the server half holds (for a checkpoint): the instance's attributes but the config."""
+        return {k: v for k, v in vars(self).items() if k != "cfg"}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        vars(self).update(state)
 
     @abstractmethod
     def payload(self, client_id: int) -> Arrays:

@@ -10,6 +10,7 @@ neighbouring client populations.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,6 +95,18 @@ class DpFedAvg(DpMode):
             )
         if cfg.privacy.dp_noise_multiplier <= 0:
             raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "accountant": json.dumps(self.accountant.state_dict()),
+            "noise_rng": json.dumps(self.noise_rng.bit_generator.state),
+            "last_contributors": self.last_contributors,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accountant.load_state_dict(json.loads(state["accountant"]))
+        self.noise_rng.bit_generator.state = json.loads(state["noise_rng"])
+        self.last_contributors = int(state["last_contributors"])
 
     def wrap(self, strategy: Any) -> Any:
         from flwr.serverapp.strategy import (
