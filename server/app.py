@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .wire import CountingGrid
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DISCOVERY_TIMEOUT_S = 300.0
+logger = logging.getLogger("fedlora")
 
 
 def config_from_run_config(run_config: Any) -> ExperimentConfig:
@@ -94,6 +96,8 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         fraction=cfg.federation.fraction_train,
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
+        max_update_norm=cfg.federation.max_update_norm,
+        min_clients=cfg.federation.min_clients_per_round,
     )
     runner = strategy if cfg.federation.secure_aggregation else dp.wrap(strategy)
     timings = Timing()
@@ -113,6 +117,7 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
             progress.update(1)
             progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
         timings.eval_s += time.perf_counter() - t0
+        strategy.stop_if_no_client_left()  # the round is on record: a run nobody can continue ends here
         return MetricRecord(dict(losses))
 
     secure = None
@@ -132,10 +137,21 @@ def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
         )
         strategy.sync_global(result.arrays)
     progress.close()
+    failures = log.failures()
+    if failures.occurred:
+        logger.warning(
+            "%s: %d failed replies, %d rejected updates, %d skipped rounds (summary.json 'failures')",
+            cfg.run.name,
+            failures.failed_replies,
+            failures.rejected_updates,
+            failures.skipped_rounds,
+        )
     if not log.trained():
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
     final = rule.global_view()
-    run_result = RunResult(timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure)
+    run_result = RunResult(
+        timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure, failures=failures
+    )
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started, rule.client_views())
     return outputs.root, final
 
