@@ -20,6 +20,7 @@ from local_grid import LocalGrid
 
 from clients import app as client_module
 from fedlora.config import ConfigError, load_config
+from fedlora.outputs import SUMMARY_FILE
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
     CONFIG_KEY,
@@ -30,7 +31,8 @@ from fedlora.protocol import (
     SECAGG_MAX_WEIGHT,
     UPLOAD_KEYS,
 )
-from fedlora.rounds import RoundLog
+from fedlora.reports import Failures, RunFolder, RunSummary, render_html, render_markdown
+from fedlora.rounds import RoundLog, RoundRecord
 from fedlora.rules import build_rule, client_rank
 from fedlora.secure_aggregation import SecAggSettings
 from fedlora.update_validation import (
@@ -478,3 +480,37 @@ def test_the_new_keys_are_checked_at_load_time():
         cfg_for("fedavg", "federation.min_clients_per_round=5")
     with pytest.raises(ConfigError, match="federation.min_clients_per_round"):
         cfg_for("fedavg", "federation.min_clients_per_round=0")
+
+
+def test_failure_totals_reach_summary_json_and_both_reports(tmp_path):
+    log = RoundLog()
+    log.rounds[1] = RoundRecord(failures=["partition 1: disk full"], rejected=[], clients={"0": {}})
+    log.rounds[2] = RoundRecord(
+        failures=[],
+        rejected=["partition 0: non-finite values: x holds 1 NaN", "partition 1: non-finite values: y"],
+        skipped="too few accepted updates: 0 of 2",
+    )
+    totals = log.failures()
+    assert totals == Failures(
+        failed_replies=1,
+        rejected_updates=2,
+        skipped_rounds=1,
+        reasons={
+            "failed: disk full": 1,
+            "rejected: non-finite values": 2,
+            "skipped: too few accepted updates": 1,
+        },
+    )
+    summary = RunSummary(method="lora", failures=totals)
+    summary.write(tmp_path)
+    data = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert data["failures"]["rejected_updates"] == 2
+    assert RunSummary.from_dict(data).to_dict() == data
+    folder = RunFolder(tmp_path)
+    md, html = render_markdown(folder), render_html(folder)
+    assert "**Failures:** 1 failed reply, 2 rejected updates, 1 skipped round." in md
+    assert "- rejected: non-finite values (2)" in md
+    assert "<b>Failures:</b> 1 failed reply, 2 rejected updates, 1 skipped round." in html
+    clean = RunSummary(method="lora", failures=Failures())
+    clean.write(tmp_path)
+    assert "**Failures:** none" in render_markdown(RunFolder(tmp_path))
