@@ -121,8 +121,11 @@ def train(msg: Message, context: Context) -> Message:
 def secure_train(msg: Message, context: Context) -> Message:
     """The train step inside SecAgg+: legacy FitIns in, legacy FitRes out (the mod masks its arrays).
 
-    Flower's quantizer rounds stochastically with numpy's global generator, so it is seeded
-    here from (run seed, client, round): same config, same decoded aggregate.
+    The server cannot validate an upload it never sees: the client checks its own (the keys the
+    server expects, finite values) and fails the round rather than corrupt the masked sum.
+
+        Flower's quantizer rounds stochastically with numpy's global generator, so it is seeded
+        here from (run seed, client, round): same config, same decoded aggregate.
     """
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = fitins.config
@@ -137,6 +140,10 @@ def secure_train(msg: Message, context: Context) -> Message:
     if set(keys) != set(upload):
         differ = sorted(set(keys) ^ set(upload))[:3]
         raise KeyError(f"this client's upload and the server's expected keys differ in {differ} ...")
+    # the server sees only the masked sum, so this client is the one that can refuse a non-finite upload
+    bad = [k for k in keys if not np.all(np.isfinite(upload[k]))]
+    if bad:
+        raise ValueError(f"this client's upload holds NaN or infinite values in {bad[:3]}; it is not sent")
     weight = 1 if dp.uniform_weights else result.stats.num_examples
     settings = SecAggSettings.from_config(cfg, float(config[SECAGG_MAX_WEIGHT]))
     metrics[SECAGG_CLIPPED] = settings.clipped_values(upload, weight)

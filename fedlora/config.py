@@ -135,6 +135,12 @@ class FederationConfig:
     client_ranks: tuple[int, ...] = ()
     # a client that has not answered by then counts as failed for the round
     round_timeout_s: float = setting(900.0, min=1.0)
+    # The server checks every upload against what it expects of that client (fedlora/update_validation.py)
+    # and leaves out the ones that fail. max_update_norm: the largest L2 norm of a client's update (its
+    # upload minus what it was sent) the server accepts; 0 means no limit. min_clients_per_round: a round
+    # with fewer accepted updates is skipped (the global model stays as it was).
+    max_update_norm: float = setting(0.0, min=0.0)
+    min_clients_per_round: int = setting(1, min=1)
     # Secure aggregation with Flower's SecAgg+ (fedlora/secure_aggregation.py says what the server
     # then sees). num_shares: a count (an integer >= 3) or, if <= 1, a fraction of the round's
     # sampled clients; reconstruction_threshold: a count below num_shares or a fraction of it.
@@ -374,6 +380,12 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
     faults.validate(cfg.simulation.fail_clients, cfg.federation.num_clients, cfg.federation.rounds)
+    if cfg.federation.min_clients_per_round > sampled_per_round(cfg):
+        raise ConfigError(
+            f"federation.min_clients_per_round = {cfg.federation.min_clients_per_round} exceeds the "
+            f"{sampled_per_round(cfg)} clients sampled per round (num_clients x fraction_train = "
+            f"{cfg.federation.num_clients} x {cfg.federation.fraction_train}): every round would be skipped"
+        )
     _check_secure_aggregation(cfg)
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)

@@ -20,7 +20,7 @@ from .models.base import resolve_base_model
 from .models.export import adapter_of_view
 from .models.lora import ModelView, save_adapter, save_view
 from .outputs import ADAPTER_DIR, GLOBAL_VIEW, ROC_FIGURE, SAMPLES_FILE, TRAINING_FIGURE, RunOutputs
-from .reports import Communication, Metrics, Privacy, RunSummary, Timing, write_reports
+from .reports import Communication, Failures, Metrics, Privacy, RunSummary, Timing, write_reports
 from .reports.figures import plot_roc, plot_training
 from .rules import client_rank
 from .runtime import ModelRuntime
@@ -36,6 +36,7 @@ class RunResult:
     dp: dict[str, Any] = field(default_factory=dict)  # the DP mechanism, its parameters and (ε, δ)
     adapter_rank: int = 0  # rank of the saved adapter/ (a dense global model is saved by exact SVD)
     secure_aggregation: dict[str, Any] | None = None  # None: the server saw every update
+    failures: Failures | None = None  # failed replies, rejected updates, skipped rounds (RoundLog.failures)
 
 
 def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
@@ -55,6 +56,7 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
         timing=result.timing,
         communication=result.communication,
         secure_aggregation=None if result.secure_aggregation is None else Metrics(result.secure_aggregation),
+        failures=result.failures,
     )
 
 

@@ -72,6 +72,7 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
         dp=dp if dp.get("mechanism", "none") != "none" else {},
         adapter_rank=int(old.adapter_rank or 0),
         secure_aggregation=None if old.secure_aggregation is None else dict(old.secure_aggregation),
+        failures=old.failures,  # the training run's, kept as they were
     )
     t0 = time.perf_counter()
     summary = evaluate_outputs(outputs, cfg, runtime, splits, view, clients, result, t0, started=None)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .wire import CountingGrid
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DISCOVERY_TIMEOUT_S = 300.0
+logger = logging.getLogger("fedlora")
 
 
 def config_from_run_config(run_config: Any) -> ExperimentConfig:
@@ -142,6 +144,8 @@ def _serve(
         fraction=cfg.federation.fraction_train,
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
+        max_update_norm=cfg.federation.max_update_norm,
+        min_clients=cfg.federation.min_clients_per_round,
     )
     if client_state:
         strategy.client_state_dir = str(checkpoint.checkpoint_dir(outputs.root) / checkpoint.CLIENTS_DIR)
@@ -184,6 +188,7 @@ def _serve(
             "elapsed_s": elapsed_before + time.perf_counter() - started,
         }
         checkpoint.save_server(outputs.root, server_round, state)
+        strategy.stop_if_no_client_left()  # the round is on record: a run nobody can continue ends here
         if interrupt.requested() and server_round < cfg.federation.rounds:
             progress.close()
             raise interrupt.RunInterrupted(outputs.root, server_round)
@@ -199,10 +204,21 @@ def _serve(
         arrays = run_rounds(runner, wire, to_record(rule.carried()), cfg, first_round, evaluate)
         strategy.sync_global(arrays)
     progress.close()
+    failures = log.failures()
+    if failures.occurred:
+        logger.warning(
+            "%s: %d failed replies, %d rejected updates, %d skipped rounds (summary.json 'failures')",
+            cfg.run.name,
+            failures.failed_replies,
+            failures.rejected_updates,
+            failures.skipped_rounds,
+        )
     if not log.trained():
         raise RuntimeError("no round produced a model update; see the client errors in the log above")
     final = rule.global_view()
-    run_result = RunResult(timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure)
+    run_result = RunResult(
+        timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure, failures=failures
+    )
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started - elapsed_before, rule.client_views())
     checkpoint.finish(outputs.root)
     return outputs.root, final

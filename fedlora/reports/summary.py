@@ -111,6 +111,33 @@ class Communication:
         return _join(self)
 
 
+@dataclass
+class Failures:
+    """What went wrong over the run: failed replies, updates the server rejected, rounds it skipped.
+
+    ``reasons`` counts each plain reason: ``"failed: <the client's error>"``, ``"rejected: <kind>"``
+    (``fedlora.update_validation``), ``"skipped: <why>"``.
+    """
+
+    failed_replies: int = 0
+    rejected_updates: int = 0
+    skipped_rounds: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Failures:
+        known, extra = _split(cls, data, {"reasons": Mapping})
+        return cls(**{**known, "reasons": dict(known.get("reasons", {}))}, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _join(self, reasons=dict(self.reasons))
+
+    @property
+    def occurred(self) -> bool:
+        return bool(self.failed_replies or self.rejected_updates or self.skipped_rounds)
+
+
 Attacks = dict[str, Metrics]  # attack name -> leakage_metrics' keys plus ``details``
 
 
@@ -193,6 +220,7 @@ class RunSummary:
     communication: Communication | None = None
     # federation.secure_aggregation: enabled, its parameters, what the server sees, dropouts, errors
     secure_aggregation: Metrics | None = None
+    failures: Failures | None = None  # None: a run from before the server validated updates
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -203,6 +231,7 @@ class RunSummary:
             "timing": Mapping,
             "communication": Mapping,
             "secure_aggregation": Mapping,
+            "failures": Mapping,
             "client_ranks": list,
         }
         known, extra = _split(cls, data, shapes)
@@ -212,6 +241,7 @@ class RunSummary:
             "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
             "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
             "secure_aggregation": Metrics(known.pop("secure_aggregation")) if "secure_aggregation" in known else None,
+            "failures": Failures.from_dict(known.pop("failures")) if "failures" in known else None,
         }
         return cls(**known, **sections, extra=extra)
 
@@ -224,6 +254,7 @@ class RunSummary:
             timing=None if self.timing is None else self.timing.to_dict(),
             communication=None if self.communication is None else self.communication.to_dict(),
             secure_aggregation=None if self.secure_aggregation is None else dict(self.secure_aggregation),
+            failures=None if self.failures is None else self.failures.to_dict(),
         )
 
     def write(self, run_dir: str | Path) -> Path:

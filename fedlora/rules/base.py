@@ -47,6 +47,15 @@ def factor(state: State, which: str) -> Arrays:
     return {k: v for k, v in state.items() if k.endswith(suffix)}
 
 
+def at_rank(key: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """The shape of LoRA factor ``key`` at another rank: A is (r, ...), B is (d_out, r, ...)."""
+    if key.endswith(agg.A_SUFFIX):
+        return (rank, *shape[1:])
+    if key.endswith(agg.B_SUFFIX):
+        return (shape[0], rank, *shape[2:])
+    return tuple(shape)
+
+
 def rules_with(trait: str) -> list[str]:
     """The registered rules whose class sets ``trait`` (for messages that say which rules would do)."""
     return [e.key for e in RULES.entries() if getattr(e.value, trait)]
@@ -154,6 +163,22 @@ class Rule(ABC):
     @abstractmethod
     def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         """``aggregate`` without the bookkeeping: ``ids`` sorted, ``weights`` aligned with them."""
+
+    def expected_upload(self, client_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Key -> (shape, dtype) of the upload this client must send: the rule's factors of the server's
+        adapter, at the client's rank where ``federation.client_ranks`` gives one (the server's checks)."""
+        ranks = self.cfg.federation.client_ranks
+        rank = client_rank(self.cfg, client_id) if ranks else None
+        # zero-size stand-ins (broadcast views), so that client_upload picks the keys as it does on a client
+        stand_ins = {
+            k: np.broadcast_to(np.zeros((), v.dtype), v.shape if rank is None else at_rank(k, v.shape, rank))
+            for k, v in self.initial.items()
+        }
+        return {k: (tuple(v.shape), v.dtype) for k, v in self.client_upload(stand_ins).items()}
+
+    def expected_eval_only(self, client_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Key -> (shape, dtype) of the audit-only arrays the server's views are built from (none by default)."""
+        return {}
 
     def upload_keys(self) -> list[str]:
         """The keys a client uploads, in the adapter's order (secure aggregation sends arrays by position)."""
