@@ -92,6 +92,37 @@ def test_load_errors_name_the_folder(tmp_path):
         load_summary(tmp_path)
 
 
+def test_skipped_images_round_trip_and_reach_both_reports(tmp_path):
+    """data.on_bad_image = "skip": the count and every name in summary.json, the first names in the reports."""
+    from fedlora.config import load_config
+    from fedlora.finalize import RunResult, build_summary
+    from fedlora.reports import write_reports
+    from fedlora.reports.sections import SHOWN_SKIPPED
+
+    cfg = load_config("configs/smoke.toml", ["data.on_bad_image='skip'"])
+    names = [f"bad/{i:02d}.png" for i in range(SHOWN_SKIPPED + 3)]
+    summary = build_summary(cfg, RunResult(Timing(), Communication()), names)
+    summary.write(tmp_path)
+    data = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert data["skipped_images"] == {"count": len(names), "files": names}
+    assert list(data)[list(data).index("dataset") + 1] == "skipped_images"  # next to the dataset it concerns
+    assert load_summary(tmp_path).to_dict() == data
+    md, html = (p.read_text() for p in write_reports(tmp_path))
+    for text in (md, html):
+        assert "Images skipped as undecodable" in text and str(len(names)) in text
+        assert names[0] in text and names[SHOWN_SKIPPED - 1] in text and names[SHOWN_SKIPPED] not in text
+        assert "and 3 more" in text
+    # not skipping: no block; skipping nothing: a count of 0, still recorded
+    assert (
+        "skipped_images"
+        not in build_summary(load_config("configs/smoke.toml"), RunResult(Timing(), Communication())).to_dict()
+    )
+    assert build_summary(cfg, RunResult(Timing(), Communication())).to_dict()["skipped_images"] == {
+        "count": 0,
+        "files": [],
+    }
+
+
 def test_no_mapping_guard_chains_over_the_summary_outside_the_reader():
     """summary.json is read once, by fedlora.reports.summary (and the run-folder reader): no ad-hoc guards."""
     readers = {ROOT / "fedlora" / "reports" / "summary.py", ROOT / "fedlora" / "reports" / "folder.py"}

@@ -185,6 +185,8 @@ class RunSummary:
     seed: int | None = None
     base_model: str | None = None
     dataset: str | None = None
+    # data.on_bad_image = "skip": {"count": n, "files": [...]}, the images the loader left out; None: not skipping
+    skipped_images: Metrics | None = None
     privacy: Privacy = field(default_factory=Privacy)
     adapter_rank: int | None = None
     client_ranks: list[int] | None = None
@@ -203,6 +205,7 @@ class RunSummary:
             "timing": Mapping,
             "communication": Mapping,
             "secure_aggregation": Mapping,
+            "skipped_images": Mapping,
             "client_ranks": list,
         }
         known, extra = _split(cls, data, shapes)
@@ -212,6 +215,7 @@ class RunSummary:
             "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
             "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
             "secure_aggregation": Metrics(known.pop("secure_aggregation")) if "secure_aggregation" in known else None,
+            "skipped_images": Metrics(known.pop("skipped_images")) if "skipped_images" in known else None,
         }
         return cls(**known, **sections, extra=extra)
 
@@ -224,6 +228,7 @@ class RunSummary:
             timing=None if self.timing is None else self.timing.to_dict(),
             communication=None if self.communication is None else self.communication.to_dict(),
             secure_aggregation=None if self.secure_aggregation is None else dict(self.secure_aggregation),
+            skipped_images=None if self.skipped_images is None else dict(self.skipped_images),
         )
 
     def write(self, run_dir: str | Path) -> Path:
