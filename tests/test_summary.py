@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fedlora.errors import RunFolderError
 from fedlora.outputs import SUMMARY_FILE
 from fedlora.reports import Communication, Privacy, RunSummary, Timing, load_summary
 
@@ -81,14 +82,18 @@ def test_write_is_atomic_json_with_nan_as_null(tmp_path):
     assert data["quality"] == {"kid": None} and data["timing"] == {"total_s": 1.0, "train_s": 0.5, "eval_s": 0.5}
 
 
-def test_load_errors_name_the_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*no summary.json"):
+def test_load_errors_name_the_file(tmp_path):
+    path = re.escape(str(tmp_path / SUMMARY_FILE))
+    with pytest.raises(RunFolderError, match=f"^{path} is missing"):
         load_summary(tmp_path)
     (tmp_path / SUMMARY_FILE).write_text("[1, 2]")
-    with pytest.raises(ValueError, match=f"{tmp_path}.*does not hold a JSON object"):
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged: holds a JSON list, not an object"):
         load_summary(tmp_path)
-    (tmp_path / SUMMARY_FILE).write_text("{")
-    with pytest.raises(ValueError, match=f"{tmp_path}.*not valid JSON"):
+    (tmp_path / SUMMARY_FILE).write_text('{"method": "lo')  # truncated mid-write
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged: not valid JSON"):
+        load_summary(tmp_path)
+    (tmp_path / SUMMARY_FILE).write_bytes(b'{"method": "\xff"}')
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged"):
         load_summary(tmp_path)
 
 

@@ -8,7 +8,6 @@ in ``extra`` so that rewriting a summary never drops it. Writing keeps today's k
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import SUMMARY_FILE, RunOutputs
+from ..run_files import read_json
 
 
 def as_number(value: Any) -> float | None:
@@ -237,14 +237,5 @@ class RunSummary:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    """The run's summary.json; errors name the folder, not just the file."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} does not hold a JSON object")
-    return RunSummary.from_dict(data)
+    """The run's summary.json; a missing or damaged one is a RunFolderError naming its path."""
+    return RunSummary.from_dict(read_json(Path(run_dir) / SUMMARY_FILE, "not a finished run folder?"))
