@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .preflight import preflight
 
 
 def backend_config(cfg: ExperimentConfig) -> dict:
@@ -31,8 +32,10 @@ def backend_config(cfg: ExperimentConfig) -> dict:
 def run_experiment(cfg: ExperimentConfig, result: dict | None = None) -> Path:
     """Run the federated experiment ``cfg`` and return its run folder.
 
-    ``result``, if given, also receives ``global_state`` (the final adapter tensors).
+    ``result``, if given, also receives ``global_state`` (the final adapter tensors). Bad inputs are
+    refused by ``preflight`` before Ray starts, so a refused run leaves no folder behind.
     """
+    preflight(cfg)
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app

@@ -20,12 +20,13 @@ from fedlora.evaluation.tracking import LossTracker
 from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
 from fedlora.outputs import SPLITS_FILE, RunOutputs
+from fedlora.preflight import preflight
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import CONFIG, METRICS, PARTITION_ID, integer
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
-from fedlora.runtime import check_base_matches_data, get_runtime, get_splits
+from fedlora.runtime import get_runtime, get_splits
 from fedlora.secure_aggregation import SecAggSettings, secure_summary
 
 from .secure_aggregation import run_secure_rounds
@@ -75,7 +76,7 @@ def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEO
 def run_federated(grid: Grid, cfg: ExperimentConfig) -> tuple[Path, ModelView]:
     """The whole server side of a run; returns the run folder and the final global model."""
     started = time.perf_counter()
-    check_base_matches_data(cfg)
+    preflight(cfg)  # bad data, splits or base model: refused before the run folder exists
     outputs = RunOutputs.create(cfg)
     splits = get_splits(cfg)
     splits.save(outputs.path(SPLITS_FILE))
