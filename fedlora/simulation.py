@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import interrupt
 from .config import ExperimentConfig
+from .preflight import preflight
 
 LOCALHOST = "127.0.0.1"
 # Ray maps a node address of 127.0.0.1 to the machine's routable IP, and its servers then listen on
@@ -50,9 +51,11 @@ def backend_config(cfg: ExperimentConfig) -> dict:
 def run_experiment(cfg: ExperimentConfig, result: dict | None = None, resume: Path | None = None) -> Path:
     """Run the federated experiment ``cfg`` (or continue the run folder ``resume``) and return its folder.
 
-    ``result``, if given, also receives ``global_view`` (the final global model). The first Ctrl-C
-    stops after the round in flight and raises ``RunInterrupted`` (fedlora.interrupt).
+    ``result``, if given, also receives ``global_view`` (the final global model). Bad inputs are
+    refused by ``preflight`` before Ray starts, so a refused run leaves no folder behind. The first
+    Ctrl-C stops after the round in flight and raises ``RunInterrupted`` (fedlora.interrupt).
     """
+    preflight(cfg)
     if not cfg.simulation.ray_address:
         bind_private_ray_to_localhost()
     from flwr.simulation import run_simulation

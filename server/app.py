@@ -22,12 +22,13 @@ from fedlora.evaluation.tracking import LossTracker
 from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
 from fedlora.outputs import SPLITS_FILE, RunOutputs
+from fedlora.preflight import preflight
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import CONFIG, METRICS, PARTITION_ID, integer
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import build_rule
-from fedlora.runtime import check_base_matches_data, get_runtime, get_splits
+from fedlora.runtime import get_runtime, get_splits
 from fedlora.secure_aggregation import SecAggSettings, secure_summary
 
 from .secure_aggregation import EvaluateFn, run_secure_rounds
@@ -101,7 +102,7 @@ def run_federated(
     persistent state in its checkpoint, so that a resumed run finds it.
     """
     started = time.perf_counter()
-    check_base_matches_data(cfg)
+    preflight(cfg)  # bad data, splits or base model: refused before the run folder exists
     saved = checkpoint.load_server(resume) if resume is not None else None
     outputs = RunOutputs(resume) if resume is not None else RunOutputs.create(cfg)
     splits = get_splits(cfg)

@@ -62,6 +62,30 @@ def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
     return SplitSizes(_count(splits.get("public")), facts, table)
 
 
+SHOWN_SKIPPED = 20  # file names a report lists; summary.json keeps every one
+
+
+@dataclass(frozen=True)
+class SkippedImages:
+    """The images the data loader left out (``data.on_bad_image = "skip"``), as a report lists them."""
+
+    count: int
+    shown: tuple[str, ...]  # the first SHOWN_SKIPPED names
+    more: int  # how many more there are (all in summary.json)
+
+
+def skipped_images(block: Metrics | None) -> SkippedImages | None:
+    """None: the run did not skip bad images (or is from before they were counted)."""
+    if block is None:
+        return None
+    raw = block.get("files")
+    files = [str(f) for f in raw] if isinstance(raw, list) else []
+    count = block.number("count")
+    total = len(files) if count is None else int(count)
+    shown = tuple(files[:SHOWN_SKIPPED])
+    return SkippedImages(total, shown, max(0, total - len(shown)))
+
+
 def round_epsilon(row: Mapping[str, Any]) -> float | None:
     """The round's ε: the server's (central DP), else the largest client's (local DP)."""
     eps = as_number(row.get("dp_epsilon"))
@@ -224,6 +248,7 @@ class Sections:
     dp: DpGuarantee | None
     secure: SecureAggregation | None = None  # None: the server saw every update
     failures: FailureSummary | None = None  # None: a run from before failures were totalled
+    skipped: SkippedImages | None = None  # None: bad images were not being skipped
 
     @classmethod
     def of(cls, folder: RunFolder) -> Sections:
@@ -240,6 +265,7 @@ class Sections:
             dp=None if s is None else dp_guarantee(s.privacy.dp),
             secure=secure,
             failures=None if s is None else failure_summary(s.failures),
+            skipped=None if s is None else skipped_images(s.skipped_images),
         )
 
 

@@ -8,7 +8,6 @@ in ``extra`` so that rewriting a summary never drops it. Writing keeps today's k
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import SUMMARY_FILE, RunOutputs
+from ..run_files import read_json
 
 
 def as_number(value: Any) -> float | None:
@@ -212,6 +212,8 @@ class RunSummary:
     seed: int | None = None
     base_model: str | None = None
     dataset: str | None = None
+    # data.on_bad_image = "skip": {"count": n, "files": [...]}, the images the loader left out; None: not skipping
+    skipped_images: Metrics | None = None
     privacy: Privacy = field(default_factory=Privacy)
     adapter_rank: int | None = None
     client_ranks: list[int] | None = None
@@ -232,6 +234,7 @@ class RunSummary:
             "communication": Mapping,
             "secure_aggregation": Mapping,
             "failures": Mapping,
+            "skipped_images": Mapping,
             "client_ranks": list,
         }
         known, extra = _split(cls, data, shapes)
@@ -242,6 +245,7 @@ class RunSummary:
             "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
             "secure_aggregation": Metrics(known.pop("secure_aggregation")) if "secure_aggregation" in known else None,
             "failures": Failures.from_dict(known.pop("failures")) if "failures" in known else None,
+            "skipped_images": Metrics(known.pop("skipped_images")) if "skipped_images" in known else None,
         }
         return cls(**known, **sections, extra=extra)
 
@@ -255,6 +259,7 @@ class RunSummary:
             communication=None if self.communication is None else self.communication.to_dict(),
             secure_aggregation=None if self.secure_aggregation is None else dict(self.secure_aggregation),
             failures=None if self.failures is None else self.failures.to_dict(),
+            skipped_images=None if self.skipped_images is None else dict(self.skipped_images),
         )
 
     def write(self, run_dir: str | Path) -> Path:
@@ -263,14 +268,5 @@ class RunSummary:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    """The run's summary.json; errors name the folder, not just the file."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} does not hold a JSON object")
-    return RunSummary.from_dict(data)
+    """The run's summary.json; a missing or damaged one is a RunFolderError naming its path."""
+    return RunSummary.from_dict(read_json(Path(run_dir) / SUMMARY_FILE, "not a finished run folder?"))
