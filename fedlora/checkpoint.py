@@ -6,9 +6,7 @@ simulation each client writes its persistent state (proxy attacker, kept factors
 under ``checkpoint/clients/<partition>/`` after it trains. Nothing is pickled: a checkpoint is a
 JSON tree whose arrays sit in a safetensors file, so loading a run folder never runs its code.
 
-``status.json`` says what became of the run (running, interrupted, failed, complete) and the last
-round whose checkpoint is complete; a run killed outright stays ``running`` and is reported as
-incomplete.
+``status.json`` (fedlora/run_status.py) says what became of the run.
 """
 
 from __future__ import annotations
@@ -28,14 +26,15 @@ from safetensors.numpy import load_file, save_file
 from .models.lora import ModelView
 from .reports import Timing
 from .rounds import RoundLog, RoundRecord
+from .run_status import COMPLETE, FAILED, INTERRUPTED, RUNNING, incomplete_reason, read_status, write_status
+
+__all__ = ["COMPLETE", "FAILED", "INTERRUPTED", "RUNNING", "incomplete_reason", "read_status", "write_status"]
 
 CHECKPOINT_DIR = "checkpoint"
 CLIENTS_DIR = "clients"
 SERVER_STEM = "server"
-STATUS_FILE = "status.json"
 KEEP_CLIENT_ROUNDS = 2  # a client's state from the round in flight and from its last complete one
 
-RUNNING, INTERRUPTED, FAILED, COMPLETE = "running", "interrupted", "failed", "complete"
 
 # the dataclasses a checkpoint may hold, by name (nothing else is rebuilt from a file)
 _DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (ModelView, RoundRecord, RoundLog, Timing)}
@@ -164,43 +163,6 @@ def load_server(run_dir: Path) -> dict[str, Any]:
             "start the run again instead"
         )
     return load_tree(folder, SERVER_STEM)
-
-
-def write_status(run_dir: Path, state: str, *, last_round: int | None = None, reason: str | None = None) -> None:
-    path = Path(run_dir) / STATUS_FILE
-    previous = read_status(run_dir) or {}
-    record = {"state": state, "last_complete_round": previous.get("last_complete_round")}
-    if last_round is not None:
-        record["last_complete_round"] = last_round
-    if reason:
-        record["reason"] = reason
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
-
-
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except ValueError:
-        return None
-
-
-def incomplete_reason(run_dir: Path) -> str | None:
-    """Why a run folder holds no finished run, in a sentence, or None if it finished (or predates status files)."""
-    status = read_status(run_dir)
-    if status is None or status.get("state") == COMPLETE:
-        return None
-    last = status.get("last_complete_round")
-    done = f"its last complete round is {last}" if last is not None else "no round completed"
-    how = {
-        RUNNING: "it is still running or was killed",
-        INTERRUPTED: "it was interrupted",
-        FAILED: f"it failed ({status.get('reason', 'see its log')})",
-    }.get(str(status.get("state")), f"its state is {status.get('state')!r}")
-    resume = f"; continue it with: fedlora run --resume {run_dir}" if last is not None else ""
-    return f"{run_dir} is an incomplete run: {how}, {done}{resume}"
 
 
 def finish(run_dir: Path) -> None:

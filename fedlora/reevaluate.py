@@ -21,6 +21,7 @@ from .models.lora import ADAPTER_WEIGHTS, ModelView
 from .outputs import ADAPTER_DIR, CONFIG_FILE, GLOBAL_VIEW, SPLITS_FILE, SUMMARY_FILE, VIEWS_DIR, RunOutputs
 from .reports import Communication, RunSummary, Timing, load_summary, write_reports
 from .run_files import read_config, read_splits, read_tensors, read_view
+from .run_status import refuse_unfinished
 from .runtime import get_runtime
 
 
@@ -87,6 +88,7 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"run folder {root} does not exist")
+    refuse_unfinished(root, SUMMARY_FILE)
     for text in overrides:
         key, _ = parse_override(text)
         if not key.startswith("evaluation."):

@@ -219,3 +219,15 @@ def test_sigint_in_round_2_then_resume_equals_the_uninterrupted_run_and_ray_list
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "complete"
     assert not (tmp_path / "cut" / "checkpoint").exists()
+
+
+def test_evaluate_and_compare_call_an_unfinished_run_incomplete(tmp_path, capsys):
+    run = tmp_path / "cut"
+    run.mkdir()
+    (run / "config.toml").write_text((ROOT / "configs" / "smoke.toml").read_text())
+    checkpoint.write_status(run, checkpoint.INTERRUPTED, last_round=2)
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete run: it was interrupted" in err and f"fedlora run --resume {run}" in err
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 2
+    assert "incomplete run" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..outputs import SUMMARY_FILE, RunOutputs
 from ..run_files import read_json
+from ..run_status import refuse_unfinished
 
 
 def as_number(value: Any) -> float | None:
@@ -268,5 +269,7 @@ class RunSummary:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    """The run's summary.json; a missing or damaged one is a RunFolderError naming its path."""
+    """The run's summary.json; a missing or damaged one is a RunFolderError naming its path (an
+    unfinished run's folder: why it is unfinished, from its status.json)."""
+    refuse_unfinished(Path(run_dir), SUMMARY_FILE)
     return RunSummary.from_dict(read_json(Path(run_dir) / SUMMARY_FILE, "not a finished run folder?"))
