@@ -9,6 +9,7 @@ here, on the way in and on the way out.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
+from fedlora import checkpoint
 from fedlora.config import ExperimentConfig, loads_config
 from fedlora.faults import maybe_fail
 from fedlora.local_training import ClientRoundResult, client_round, round_seed
@@ -40,6 +42,7 @@ from fedlora.protocol import (
     RULE_STATE,
     SECAGG_CLIPPED,
     SECAGG_MAX_WEIGHT,
+    STATE_DIR,
     UPLOAD_KEYS,
     integer,
 )
@@ -107,7 +110,8 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG]
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), integer(config, "server-round")
-    result, metrics = train_locally(cfg, pid, arrays_of(msg.content.array_records[ARRAYS]), server_round, context)
+    payload = arrays_of(msg.content.array_records[ARRAYS])
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
@@ -117,15 +121,18 @@ def train(msg: Message, context: Context) -> Message:
 def secure_train(msg: Message, context: Context) -> Message:
     """The train step inside SecAgg+: legacy FitIns in, legacy FitRes out (the mod masks its arrays).
 
-    Flower's quantizer rounds stochastically with numpy's global generator, so it is seeded
-    here from (run seed, client, round): same config, same decoded aggregate.
+    The server cannot validate an upload it never sees: the client checks its own (the keys the
+    server expects, finite values) and fails the round rather than corrupt the masked sum.
+
+        Flower's quantizer rounds stochastically with numpy's global generator, so it is seeded
+        here from (run seed, client, round): same config, same decoded aggregate.
     """
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config = fitins.config
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), int(config["server-round"])
     payload = dict(zip(str(config[PAYLOAD_KEYS]).split("\n"), parameters_to_ndarrays(fitins.parameters)))
-    result, metrics = train_locally(cfg, pid, payload, server_round, context)
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     dp = build_dp_mode(cfg)
     upload = dp.secure_upload(result.upload, payload)
@@ -133,6 +140,10 @@ def secure_train(msg: Message, context: Context) -> Message:
     if set(keys) != set(upload):
         differ = sorted(set(keys) ^ set(upload))[:3]
         raise KeyError(f"this client's upload and the server's expected keys differ in {differ} ...")
+    # the server sees only the masked sum, so this client is the one that can refuse a non-finite upload
+    bad = [k for k in keys if not np.all(np.isfinite(upload[k]))]
+    if bad:
+        raise ValueError(f"this client's upload holds NaN or infinite values in {bad[:3]}; it is not sent")
     weight = 1 if dp.uniform_weights else result.stats.num_examples
     settings = SecAggSettings.from_config(cfg, float(config[SECAGG_MAX_WEIGHT]))
     metrics[SECAGG_CLIPPED] = settings.clipped_values(upload, weight)
@@ -149,12 +160,42 @@ def secure_train(msg: Message, context: Context) -> Message:
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
+PERSISTENT = (OBJECTIVE_STATE, RULE_STATE, DP_STATE)  # array records that outlive a round; CLIENT_STATE: counts
+
+
+def save_state(state: RecordDict, state_dir: str, pid: int, server_round: int) -> None:
+    arrays = {key: arrays_of(state.array_records[key]) for key in PERSISTENT if key in state}
+    counts = dict(state.metric_records[CLIENT_STATE]) if CLIENT_STATE in state else {}
+    checkpoint.save_client(Path(state_dir), pid, server_round, {"arrays": arrays, "counts": counts})
+
+
+def restore_state(state: RecordDict, state_dir: str, pid: int, server_round: int) -> None:
+    """A resumed run's client starts empty: take what it saved after its last round before this one."""
+    saved = checkpoint.load_client(Path(state_dir), pid, server_round)
+    if saved is None:
+        return
+    for key, arrays in saved["arrays"].items():
+        state[key] = record_of(arrays)
+    if saved["counts"]:
+        state[CLIENT_STATE] = MetricRecord({k: int(v) for k, v in saved["counts"].items()})
+
+
 def train_locally(
-    cfg: ExperimentConfig, pid: int, payload: dict[str, np.ndarray], server_round: int, context: Context
+    cfg: ExperimentConfig,
+    pid: int,
+    payload: dict[str, np.ndarray],
+    server_round: int,
+    context: Context,
+    state_dir: Any = None,
 ) -> tuple[ClientRoundResult, dict[str, Any]]:
-    """One local round with this client's persistent state; the result and its reply metrics."""
+    """One local round with this client's persistent state; the result and its reply metrics.
+
+    ``state_dir`` (simulation): where the state is saved after the round, and read from when this
+    client's in-memory state is empty (a resumed run)."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     state = context.state
+    if state_dir and CLIENT_STATE not in state:
+        restore_state(state, str(state_dir), pid, server_round)
 
     def tensors(key: str) -> dict[str, torch.Tensor] | None:
         return state.array_records[key].to_torch_state_dict() if key in state else None
@@ -176,6 +217,8 @@ def train_locally(
         state[DP_STATE] = ArrayRecord(result.dp_state)
     rounds_trained = integer(state.metric_records[CLIENT_STATE], "rounds-trained") if CLIENT_STATE in state else 0
     state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
+    if state_dir:
+        save_state(state, str(state_dir), pid, server_round)
     metrics: dict[str, Any] = {
         NUM_EXAMPLES: result.stats.num_examples,
         PARTITION_ID: pid,

@@ -9,8 +9,8 @@ import sys
 from .config import ConfigError, load_config
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment TOML (see configs/)")
+def _add_config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("config", nargs="?" if optional else None, help="experiment TOML (see configs/)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -53,10 +53,30 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import interrupt
+    from .checkpoint import load_server
+    from .outputs import CONFIG_FILE
     from .simulation import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = run_experiment(cfg)
+    resume = Path(args.resume) if args.resume else None
+    if (args.config is None) == (resume is None):
+        raise ConfigError("fedlora run takes either a config file or --resume RUN_DIR (not both, not neither)")
+    if resume is not None:
+        if args.overrides:
+            raise ConfigError("--resume continues the run as it was configured: --set is not allowed with it")
+        if not (resume / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{resume / CONFIG_FILE} is missing: {resume} is not a fedlora run folder")
+        load_server(resume)  # refuse a folder without a checkpoint before anything starts
+        cfg = load_config(resume / CONFIG_FILE)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    try:
+        run_dir = run_experiment(cfg, resume=resume)
+    except interrupt.RunInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return interrupt.EXIT_CODE
     print(f"run finished: {run_dir}")
     return 0
 
@@ -89,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default="docs/base_samples.png", help="where to write the sample grid")
     p.set_defaults(func=_cmd_pretrain)
     p = sub.add_parser("run", help="run a federated LoRA experiment in simulation (Flower + Ray)")
-    _add_config_args(p)
+    _add_config_args(p, optional=True)
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round (no config)"
+    )
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("evaluate", help="attack and score a finished run again (no training)")
     p.add_argument("run_dir", help="a run folder, e.g. runs/default")

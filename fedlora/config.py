@@ -11,6 +11,8 @@ before any model is built.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -131,7 +133,14 @@ class FederationConfig:
     # LoRA rank per client for the heterogeneous-rank rules (svd, flora), cycled over client ids;
     # empty: every client uses model.lora_rank.
     client_ranks: tuple[int, ...] = ()
-    round_timeout_s: float = setting(3600.0, min=1.0)
+    # a client that has not answered by then counts as failed for the round
+    round_timeout_s: float = setting(900.0, min=1.0)
+    # The server checks every upload against what it expects of that client (fedlora/update_validation.py)
+    # and leaves out the ones that fail. max_update_norm: the largest L2 norm of a client's update (its
+    # upload minus what it was sent) the server accepts; 0 means no limit. min_clients_per_round: a round
+    # with fewer accepted updates is skipped (the global model stays as it was).
+    max_update_norm: float = setting(0.0, min=0.0)
+    min_clients_per_round: int = setting(1, min=1)
     # Secure aggregation with Flower's SecAgg+ (fedlora/secure_aggregation.py says what the server
     # then sees). num_shares: a count (an integer >= 3) or, if <= 1, a fraction of the round's
     # sampled clients; reconstruction_threshold: a count below num_shares or a fraction of it.
@@ -282,6 +291,8 @@ def _check_value(key: str, value: Any, annotation: Any, meta: Mapping[str, Any])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # every comparison with NaN is false: bounds alone would let it through
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
     elif annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -334,8 +345,16 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
     return cfg
 
 
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def _check_consistency(cfg: ExperimentConfig) -> None:
     """Rules across keys; each extension (dataset, rule, objective, DP mode) checks its own."""
+    if not PLAIN_NAME.match(cfg.run.name) or ".." in cfg.run.name:
+        raise ConfigError(
+            f"run.name = {cfg.run.name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, no '..' and no path separators"
+        )
     DATASETS.get(cfg.data.dataset).validate(cfg.data)
     if cfg.data.image_size % 8:
         raise ConfigError(f"data.image_size = {cfg.data.image_size} must be a multiple of 8")
@@ -361,6 +380,12 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
     faults.validate(cfg.simulation.fail_clients, cfg.federation.num_clients, cfg.federation.rounds)
+    if cfg.federation.min_clients_per_round > sampled_per_round(cfg):
+        raise ConfigError(
+            f"federation.min_clients_per_round = {cfg.federation.min_clients_per_round} exceeds the "
+            f"{sampled_per_round(cfg)} clients sampled per round (num_clients x fraction_train = "
+            f"{cfg.federation.num_clients} x {cfg.federation.fraction_train}): every round would be skipped"
+        )
     _check_secure_aggregation(cfg)
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)

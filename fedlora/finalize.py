@@ -4,7 +4,7 @@ membership audit, figures, summary.json and the reports (``fedlora.reports`` ren
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from .models.base import resolve_base_model
 from .models.export import adapter_of_view
 from .models.lora import ModelView, save_adapter, save_view
 from .outputs import ADAPTER_DIR, GLOBAL_VIEW, ROC_FIGURE, SAMPLES_FILE, TRAINING_FIGURE, RunOutputs
-from .reports import Communication, Metrics, Privacy, RunSummary, Timing, write_reports
+from .reports import Communication, Failures, Metrics, Privacy, RunSummary, Timing, write_reports
 from .reports.figures import plot_roc, plot_training
 from .rules import client_rank
 from .runtime import ModelRuntime
@@ -36,9 +36,12 @@ class RunResult:
     dp: dict[str, Any] = field(default_factory=dict)  # the DP mechanism, its parameters and (ε, δ)
     adapter_rank: int = 0  # rank of the saved adapter/ (a dense global model is saved by exact SVD)
     secure_aggregation: dict[str, Any] | None = None  # None: the server saw every update
+    failures: Failures | None = None  # failed replies, rejected updates, skipped rounds (RoundLog.failures)
 
 
-def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
+def build_summary(cfg: ExperimentConfig, result: RunResult, skipped_files: Sequence[str] = ()) -> RunSummary:
+    """``skipped_files``: the images the data loader left out (recorded whenever data.on_bad_image = "skip")."""
+    skipped = Metrics(count=len(skipped_files), files=list(skipped_files)) if cfg.data.on_bad_image == "skip" else None
     return RunSummary(
         method=cfg.train.method,
         aggregation=cfg.federation.aggregation,
@@ -48,6 +51,7 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
         # the embedded base keeps its name: its install path is machine-specific
         base_model=EMBEDDED_BASE if cfg.model.base_model == EMBEDDED_BASE else resolve_base_model(cfg.model.base_model),
         dataset=cfg.data.dataset,
+        skipped_images=skipped,
         privacy=Privacy.from_dict({**result.privacy, "dp": result.dp or {"mechanism": "none"}}),
         adapter_rank=result.adapter_rank,
         client_ranks=[client_rank(cfg, c) for c in range(cfg.federation.num_clients)],
@@ -55,6 +59,7 @@ def build_summary(cfg: ExperimentConfig, result: RunResult) -> RunSummary:
         timing=result.timing,
         communication=result.communication,
         secure_aggregation=None if result.secure_aggregation is None else Metrics(result.secure_aggregation),
+        failures=result.failures,
     )
 
 
@@ -102,16 +107,15 @@ def evaluate_outputs(
     runtime.show(view)
     save_member_samples(outputs.path(SAMPLES_FILE), cfg, runtime, splits)
     result.quality = measure_quality(cfg, runtime, splits, view)
-    result.privacy, attack_results = evaluate_membership(
-        cfg, runtime, load_dataset(cfg.data), splits, view, client_views
-    )
+    dataset = load_dataset(cfg.data)
+    result.privacy, attack_results = evaluate_membership(cfg, runtime, dataset, splits, view, client_views)
     if attack_results:
         plot_roc(outputs.path(ROC_FIGURE), attack_results)
     plot_training(outputs.path(TRAINING_FIGURE), outputs.read_metrics())
     result.timing.eval_s += time.perf_counter() - t0
     if started is not None:
         result.timing.total_s = time.perf_counter() - started
-    summary = build_summary(cfg, result)
+    summary = build_summary(cfg, result, dataset.skipped_files)
     if result.secure_aggregation and summary.privacy.clients:
         summary.privacy.clients_from = ORACLE_LABEL  # under SecAgg+ only the simulation's oracle has client updates
     return summary

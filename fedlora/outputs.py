@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig
+from .errors import RunFolderError
 
 CONFIG_FILE = "config.toml"
 SPLITS_FILE = "splits.json"
@@ -63,9 +64,30 @@ class RunOutputs:
         with self.path(METRICS_FILE).open("a") as fh:
             fh.write(json.dumps(_jsonable(row)) + "\n")
 
+    def keep_metrics_upto(self, server_round: int) -> None:
+        """Drop the rows of rounds after ``server_round`` (a resume redoes them)."""
+        rows = [r for r in self.read_metrics() if int(r.get("round", 0)) <= server_round]
+        tmp = self.path(METRICS_FILE + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(self.path(METRICS_FILE))
+
     def read_metrics(self) -> list[dict]:
+        """The rounds so far ([] before the first); a line that is not a JSON object is a RunFolderError."""
         path = self.path(METRICS_FILE)
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        rows = []
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RunFolderError.damaged(path, f"line {lineno} is not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise RunFolderError.damaged(path, f"line {lineno} is not a JSON object")
+            rows.append(row)
+        return rows
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Written to a temporary file first, so a crash never leaves a half-written JSON behind."""

@@ -1,30 +1,37 @@
 """What the server records of each round, in one object (no shared dicts).
 
-The strategy writes the sampling, the bytes sent and received, each client's reply metrics
-and the failures; the DP mode reads the clients' metrics for its accounting; the ServerApp
-turns a round into its ``metrics.jsonl`` row and the run's communication totals.
+The strategy writes the sampling, the bytes sent and received, each client's reply metrics,
+the failed replies, the rejected updates and why a round was skipped; the DP mode reads the
+clients' metrics for its accounting; the ServerApp turns a round into its ``metrics.jsonl``
+row and the run's communication and failure totals.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .reports import Communication
+from .reports import Communication, Failures
+from .update_validation import rejection_kind
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FLOWER_ERROR = re.compile(r"^<class '[^']*'>:<'(.*)'>$", re.DOTALL)  # how Flower reports a raising ClientApp
 MAX_REASON = 300
 
 
 def plain_reason(reason: str) -> str:
-    """A failed reply's reason without ANSI colours or Ray's traceback: the exception's own message."""
+    """A failed reply's reason without ANSI colours, Ray's traceback or Flower's ``<class ...>:<'...'>``
+    wrapping: the exception's own message."""
     text = ANSI.sub("", str(reason))
     if "Message: " in text:  # Flower's ClientAppException wraps the client's exception message
         text = text.rsplit("Message: ", 1)[1]
-    text = text.strip().removesuffix("'>").strip()
+    text = text.strip()
+    flower = FLOWER_ERROR.match(text)
+    text = (flower.group(1) if flower else text.removesuffix("'>")).strip()
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
@@ -32,7 +39,8 @@ def plain_reason(reason: str) -> str:
 class RoundRecord:
     sampled: list[int] | None = None  # partition ids, sorted
     bytes_down_per_client: float | None = None
-    failures: list[str] | None = None  # one reason per failed reply
+    failures: list[str] | None = None  # "partition P: reason" per failed (or missing) reply
+    rejected: list[str] | None = None  # "partition P: kind: detail" per update the server left out
     clients: dict[str, dict[str, Any]] | None = None  # partition id -> its reply metrics
     bytes_up_per_client: float | None = None
     bytes_eval_only_per_client: float | None = None  # arrays sent for the audit only (FedSA's B)
@@ -40,7 +48,7 @@ class RoundRecord:
     wire_bytes_down_per_client: float | None = None
     wire_bytes_up_per_client: float | None = None
     round_s: float | None = None
-    skipped: str | None = None  # why a round produced no update (e.g. SecAgg+ halted)
+    skipped: str | None = None  # why a round produced no update (SecAgg+ halted, too few accepted updates)
     # secure aggregation: who dropped out, values the quantizer clipped, the error bound and, with the
     # simulation's oracle, the measured max |decoded mean - plain weighted mean|
     secagg_dropped: list[int] | None = None
@@ -94,3 +102,26 @@ class RoundLog:
             wire_bytes_up_per_client_round=mean("wire_bytes_up_per_client"),
             wire_bytes_down_per_client_round=mean("wire_bytes_down_per_client"),
         )
+
+    def failures(self) -> Failures:
+        """Failed replies, rejected updates and skipped rounds over the run, with a count per plain reason."""
+        totals = Failures()
+        reasons: Counter[str] = Counter()
+        for r in sorted(self.rounds):
+            record = self.rounds[r]
+            for line in record.failures or []:
+                reasons["failed: " + _without_who(line)] += 1
+            for line in record.rejected or []:
+                reasons["rejected: " + rejection_kind(line)] += 1
+            if record.skipped and r > 0:
+                totals.skipped_rounds += 1
+                reasons["skipped: " + record.skipped.split(":", 1)[0]] += 1
+            totals.failed_replies += len(record.failures or [])
+            totals.rejected_updates += len(record.rejected or [])
+        totals.reasons = dict(sorted(reasons.items()))
+        return totals
+
+
+def _without_who(line: str) -> str:
+    """A failure line's reason without its ``partition P: `` prefix."""
+    return line.split(": ", 1)[1] if line.startswith(("partition ", "node ")) and ": " in line else line

@@ -7,6 +7,12 @@ and hands the decoded aggregate (the weighted mean of the uploads, never one of 
 rule. Sampling, logging and evaluation are the plain path's (``LoraStrategy``, ``RoundLog``).
 The oracle (``federation.secagg_oracle``, simulation only) fetches each survivor's plain upload
 outside the protocol, to measure the decoding error and to audit the clients.
+
+The server cannot check any one upload here (it never sees one), so each client checks its own
+before masking it (``clients.app.secure_train``: the keys the server expects, finite values);
+the server checks what it can: a round with fewer contributors than
+``federation.min_clients_per_round``, or whose decoded aggregate is not finite, is skipped, and a
+round in which every sampled client failed stops the run.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from fedlora.privacy.dp import DpMode
 from fedlora.protocol import (
     ARRAYS,
     CONFIG,
-    CONFIG_KEY,
     EVAL_ONLY_PREFIX,
     METRICS,
     NUM_EXAMPLES,
@@ -76,8 +81,7 @@ class SecureRound:
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
         pids = self.strategy.sample_partitions(server_round)
         config: dict[str, Scalar] = {
-            "server-round": server_round,
-            CONFIG_KEY: self.strategy.config_text,
+            **self.strategy.round_config(server_round),
             UPLOAD_KEYS: "\n".join(self.upload_keys),
             SECAGG_MAX_WEIGHT: self.settings.max_weight,
         }
@@ -106,10 +110,21 @@ class SecureRound:
         if len(decoded) != len(self.upload_keys):
             raise RuntimeError(f"SecAgg+ decoded {len(decoded)} arrays; the rule uploads {len(self.upload_keys)}")
         mean = {k: np.asarray(v, dtype=np.float32) for k, v in zip(self.upload_keys, decoded)}
+        entry = self.log[server_round]
+        bad = [k for k, v in mean.items() if not np.all(np.isfinite(v))]
+        min_clients = self.strategy.min_clients
+        if bad or len(pids) < min_clients:
+            entry.skipped = (
+                f"non-finite aggregate: the decoded mean holds NaN or infinite values in {bad[:3]}"
+                if bad
+                else f"too few contributors: {len(pids)} clients' updates are in the decoded mean, fewer than "
+                f"federation.min_clients_per_round = {min_clients}"
+            ) + "; the global model is unchanged"
+            logger.warning("round %d skipped: %s", server_round, entry.skipped)
+            return None, {}
         self.released[server_round] = mean
         self.contributors[server_round] = (pids, weights)
         self.rule.fold_mean(self.dp.noise_secure_mean(mean, len(pids), server_round))
-        entry = self.log[server_round]
         entry.clients = {
             str(pid): {k: v for k, v in res.metrics.items() if k != PARTITION_ID} | {NUM_EXAMPLES: res.num_examples}
             for pid, (_, res) in zip(pids, results)
@@ -157,12 +172,16 @@ def run_secure_rounds(
     settings: SecAggSettings,
     evaluate: EvaluateFn,
     wire: CountingGrid,
+    first_round: int = 0,
 ) -> None:
-    """Round 0's evaluation, then per round: one SecAgg+ workflow, the oracle if asked, the evaluation."""
+    """Round 0's evaluation, then per round: one SecAgg+ workflow, the oracle if asked, the evaluation.
+
+    ``first_round`` > 0 continues a resumed run (rounds before it are done)."""
     rule, log = strategy.rule, strategy.log
     face = SecureRound(strategy, dp, settings, wire)
-    evaluate(0, to_record(rule.carried()))
-    for server_round in range(1, cfg.federation.rounds + 1):
+    if first_round == 0:
+        evaluate(0, to_record(rule.carried()))
+    for server_round in range(max(1, first_round), cfg.federation.rounds + 1):
         state = RecordDict(
             {
                 MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
@@ -210,10 +229,18 @@ def run_secure_rounds(
                     )
                     rule.record_views(pids, uploads, weights, eval_only)
         else:
-            entry.skipped = (
-                f"SecAgg+ halted: fewer clients answered than the reconstruction threshold needs "
-                f"({len(wire.errors)} of {len(sampled)} failed); the global model is unchanged"
-            )
+            if not entry.skipped:
+                entry.skipped = (
+                    f"SecAgg+ halted: fewer clients answered than the reconstruction threshold needs "
+                    f"({len(wire.errors)} of {len(sampled)} failed); the global model is unchanged"
+                )
+                logger.warning("round %d skipped: %s", server_round, entry.skipped)
             entry.secagg_dropped = sorted(p for p in sampled if strategy.node_of[p] in wire.errors)
-            logger.warning("round %d skipped: %s", server_round, entry.skipped)
+        for line in entry.failures:
+            logger.warning("round %d: failed reply, %s", server_round, line)
         evaluate(server_round, to_record(rule.carried()))
+        if sampled and all(strategy.node_of[p] in wire.errors for p in sampled):
+            raise RuntimeError(
+                f"round {server_round}: every one of the {len(sampled)} sampled clients failed, so the run stops "
+                f"here instead of running the remaining rounds; first reasons: {'; '.join(entry.failures[:3])}"
+            )

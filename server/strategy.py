@@ -5,10 +5,17 @@ aggregation order, and therefore the numbers, are reproducible from the seed. Ea
 its own payload (FlexLoRA truncates to its rank; FLoRA sends the stacks it has not merged).
 Records are converted to numpy arrays once, here; everything the server learns of a round goes
 into the ``RoundLog``.
+
+Every reply is screened before it is aggregated (``screen_replies``, with the checks of
+``fedlora.update_validation``): a failed or missing reply and a rejected update are logged with
+their reason and left out, and a round with fewer than ``federation.min_clients_per_round``
+accepted updates is skipped (the global model stays as it was). A round in which no client's
+update was accepted stops the run once that round is recorded (``stop_if_no_client_left``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -18,9 +25,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from fedlora.protocol import CONFIG_KEY, EVAL_ONLY_PREFIX, METRICS, NUM_EXAMPLES, PARTITION_ID, integer, number
+from fedlora.protocol import (
+    CONFIG_KEY,
+    EVAL_ONLY_PREFIX,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    STATE_DIR,
+    integer,
+    number,
+)
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import Rule
+from fedlora.update_validation import MALFORMED, Rejection, Reply, screen
+
+logger = logging.getLogger("fedlora")
 
 
 def record_bytes(record: ArrayRecord) -> int:
@@ -35,13 +54,18 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
 
-def partition_of_reply(message: Message) -> int:
-    return -1 if message.has_error() else integer(message.content.metric_records[METRICS], PARTITION_ID)
-
-
 class LoraStrategy(FedAvg):
     def __init__(
-        self, *, rule: Rule, log: RoundLog, partition_of: dict[int, int], fraction: float, seed: int, config_text: str
+        self,
+        *,
+        rule: Rule,
+        log: RoundLog,
+        partition_of: dict[int, int],
+        fraction: float,
+        seed: int,
+        config_text: str,
+        max_update_norm: float = 0.0,
+        min_clients: int = 1,
     ):
         n = len(partition_of)
         super().__init__(
@@ -57,8 +81,20 @@ class LoraStrategy(FedAvg):
         self.node_of = {pid: nid for nid, pid in partition_of.items()}
         self.seed = seed
         self.config_text = config_text
+        self.max_update_norm = max_update_norm
+        self.min_clients = min_clients
+        self.sent: dict[int, dict[str, np.ndarray]] = {}  # this round's payload of each sampled client
+        self.stop_reason: str | None = None  # set when a round had no accepted update
         self._round_started = 0.0
         self._current_round = 0
+        self.client_state_dir: str | None = None  # simulation: clients save their state there (resume)
+
+    def round_config(self, server_round: int) -> dict[str, str | int]:
+        """What every train message of the round carries besides the payload."""
+        config: dict[str, str | int] = {"server-round": server_round, CONFIG_KEY: self.config_text}
+        if self.client_state_dir:
+            config[STATE_DIR] = self.client_state_dir
+        return config
 
     @property
     def num_sampled(self) -> int:
@@ -81,11 +117,13 @@ class LoraStrategy(FedAvg):
         self._current_round = server_round
         self.sync_global(arrays)
         pids = self.sample_partitions(server_round)
-        config["server-round"] = server_round
-        config[CONFIG_KEY] = self.config_text
+        for key, value in self.round_config(server_round).items():
+            config[key] = value
         messages, down = [], []
+        self.sent = {}
         for pid in pids:
-            record = to_record(self.rule.payload(pid))
+            self.sent[pid] = self.rule.payload(pid)
+            record = to_record(self.sent[pid])
             self.rule.mark_sent(pid)
             down.append(record_bytes(record))  # serialised size, as for the uploads
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
@@ -123,14 +161,102 @@ class LoraStrategy(FedAvg):
         entry.round_s = time.perf_counter() - self._round_started
         return uploads, weights, eval_only
 
+    # ---- screening ----------------------------------------------------------------------
+
+    def _read(self, index: int, message: Message) -> Reply | Rejection:
+        """A successful reply's claims and arrays, or why they cannot be read."""
+        node = message.metadata.src_node_id
+        sender = self.partition_of.get(node)
+        who = f"node {node}" if sender is None else f"partition {sender}"
+        content = message.content
+        try:
+            if list(content.array_records) != [self.arrayrecord_key] or list(content.metric_records) != [METRICS]:
+                raise ValueError(
+                    f"expected one ArrayRecord {self.arrayrecord_key!r} and one MetricRecord {METRICS!r}, got "
+                    f"{list(content.array_records)} and {list(content.metric_records)}"
+                )
+            metrics = content.metric_records[METRICS]
+            pid, weight = integer(metrics, PARTITION_ID), number(metrics, NUM_EXAMPLES)
+            arrays = to_numpy(content.array_records[self.arrayrecord_key])
+        except (KeyError, TypeError, ValueError) as err:
+            return Rejection(who, MALFORMED, plain_reason(str(err)))
+        upload = {k: v for k, v in arrays.items() if not k.startswith(EVAL_ONLY_PREFIX)}
+        audit = {k[len(EVAL_ONLY_PREFIX) :]: v for k, v in arrays.items() if k.startswith(EVAL_ONLY_PREFIX)}
+        return Reply(partition=pid, upload=upload, weight=weight, sender=sender, index=index, audit=audit)
+
+    def screen_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The replies whose updates may be aggregated, in partition order; records and logs the rest.
+
+        Empty when the round must be skipped (``RoundRecord.skipped`` says why).
+        """
+        replies = list(replies)
+        entry = self.log[server_round]
+        sampled = entry.sampled if entry.sampled is not None else sorted(self.node_of)
+        errors = [m for m in replies if m.has_error()]
+        entry.failures = [
+            f"partition {self.partition_of.get(m.metadata.src_node_id, '?')}: {plain_reason(str(m.error.reason))}"
+            for m in errors
+        ]
+        answered = {self.partition_of.get(m.metadata.src_node_id) for m in replies}
+        entry.failures += [
+            f"partition {p}: no reply within the round's timeout (federation.round_timeout_s)"
+            for p in sampled
+            if p not in answered
+        ]
+        read = [self._read(i, m) for i, m in enumerate(replies) if not m.has_error()]
+        malformed = [r for r in read if isinstance(r, Rejection)]
+        accepted, rejected = screen(
+            [r for r in read if isinstance(r, Reply)],
+            sampled=sampled,
+            expected=self.rule.expected_upload,
+            sent=lambda pid: self.sent.get(pid, {}),
+            max_norm=self.max_update_norm,
+            expected_audit=self.rule.expected_eval_only,
+        )
+        entry.rejected = [r.line() for r in malformed + rejected]
+        for line in entry.failures:
+            logger.warning("round %d: failed reply, %s", server_round, line)
+        for line in entry.rejected:
+            logger.warning("round %d: update rejected, %s", server_round, line)
+        entry.round_s = time.perf_counter() - self._round_started
+        if len(accepted) < self.min_clients:
+            self._skip(server_round, len(accepted), len(sampled))
+            return []
+        valid = [replies[r.index] for r in accepted]
+        _keep_shared_metrics(server_round, valid)
+        return valid
+
+    def _skip(self, server_round: int, accepted: int, sampled: int) -> None:
+        entry = self.log[server_round]
+        if accepted == 0:
+            entry.skipped = f"no accepted update: none of the {sampled} sampled clients' updates was accepted"
+            reasons = (entry.failures or []) + (entry.rejected or [])
+            self.stop_reason = (
+                f"round {server_round}: every one of the {sampled} sampled clients failed or was rejected, so the run "
+                f"stops here instead of running the remaining rounds; first reasons: {'; '.join(reasons[:3])}"
+            )
+        else:
+            entry.skipped = (
+                f"too few accepted updates: {accepted} of {sampled} sampled clients' updates were accepted, fewer "
+                f"than federation.min_clients_per_round = {self.min_clients}; the global model is unchanged"
+            )
+        logger.warning("round %d skipped: %s", server_round, entry.skipped)
+
+    def stop_if_no_client_left(self) -> None:
+        """Raise once a round had no accepted update (called after that round is recorded)."""
+        if self.stop_reason is not None:
+            raise RuntimeError(self.stop_reason)
+
+    # ---- aggregation --------------------------------------------------------------------
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, errors = self._check_and_log_replies(list(replies), is_train=True)
-        self.log[server_round].failures = [plain_reason(str(m.error.reason)) for m in errors]
+        replies = list(replies)
+        self._check_and_log_replies(replies, is_train=True, validate=False)  # Flower's log lines
+        valid = self.screen_replies(server_round, replies)
         if not valid:
             return None, None
-        valid.sort(key=partition_of_reply)
         contents = [m.content for m in valid]
         uploads, weights, eval_only = self.record_replies(server_round, contents)
         self.rule.aggregate(uploads, weights, eval_only)
@@ -143,6 +269,8 @@ class AccountedFedAvgStrategy(LoraStrategy):
 
     The wrappers account only for a strategy using ``FedAvg.aggregate_train`` (uniform weights);
     the bookkeeping (per-client metrics, the updates the server saw) runs in the metrics hook.
+    The wrapper (``fedlora.privacy.dp.dp_fedavg``) calls ``screen_replies`` before it counts
+    and clips the replies, so a rejected update is never aggregated.
     """
 
     aggregate_train = FedAvg.aggregate_train
@@ -156,3 +284,21 @@ class AccountedFedAvgStrategy(LoraStrategy):
         uploads, _, _ = self.record_replies(self._current_round, contents)
         self.rule.observe(uploads)
         return aggregate_metricrecords(contents, weighting_key)
+
+
+def _keep_shared_metrics(server_round: int, replies: list[Message]) -> None:
+    """Metrics not every accepted reply carries are left out of the round's aggregate: Flower refuses
+    replies whose metric keys differ (it ends the run), and a client's extra metric is no reason to drop its update."""
+    records = [m.content.metric_records[METRICS] for m in replies]
+    shared = set.intersection(*(set(r) for r in records)) if records else set()
+    for message, record in zip(replies, records):
+        extra = sorted(set(record) - shared)
+        if extra:
+            pid = record[PARTITION_ID]
+            logger.warning(
+                "round %d: partition %s's metrics %s are not aggregated (not every client sent them)",
+                server_round,
+                pid,
+                extra,
+            )
+            message.content[METRICS] = MetricRecord({k: v for k, v in record.items() if k in shared})

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fedlora.errors import RunFolderError
 from fedlora.outputs import COMPARISON_TABLE, PRIVACY_QUALITY_FIGURE, SUMMARY_FILE
 from fedlora.reports import compare_runs
 
@@ -112,11 +113,11 @@ def test_same_folder_names_are_told_apart(tmp_path):
 def test_a_folder_without_summary_is_named(runs, tmp_path):
     bad = tmp_path / "runs" / "unfinished"
     bad.mkdir()
-    with pytest.raises(FileNotFoundError, match="unfinished.*summary.json"):
+    with pytest.raises(RunFolderError, match="unfinished/summary.json is missing"):
         compare_runs([*runs, bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
     (bad / SUMMARY_FILE).write_text("{")
-    with pytest.raises(ValueError, match="unfinished"):
+    with pytest.raises(RunFolderError, match="unfinished/summary.json is damaged: not valid JSON"):
         compare_runs([bad], tmp_path / "out")
     with pytest.raises(ValueError):
         compare_runs([], tmp_path / "out")

@@ -63,3 +63,25 @@ def test_override_parsing_and_roundtrip():
     assert cfg.federation.rounds == 2 and cfg.model.lora_targets == ("to_q",)
     assert loads_config(cfg.to_toml()) == cfg
     assert cfg.replace(**{"train.local_steps": 3}).train.local_steps == 3
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.learning_rate=nan",
+        "train.learning_rate=inf",
+        "train.max_grad_norm=nan",
+        "privacy.dp_noise_multiplier=nan",
+        "federation.round_timeout_s=inf",
+    ],
+)
+def test_non_finite_numbers_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*finite"):
+        load_config("configs/smoke.toml", [override])
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", "a/b", "..", ".hidden", "x..y"])
+def test_run_name_must_be_a_plain_folder_name(name):
+    with pytest.raises(ConfigError, match="run.name"):
+        load_config("configs/smoke.toml", [f"run.name={name!r}"])

@@ -112,15 +112,15 @@ def test_image_folder_metadata_jsonl_with_subfolder(tmp_path: Path) -> None:
     ]
     (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
-    ds, skipped = load_image_folder(root, 8)
+    ds = load_image_folder(root, 8)
     _check_basic(ds, 8)
-    assert skipped == 0
+    assert ds.skipped_files == ()
     assert ds.name == "folder:pets"
     assert ds.ids == ("folder-a.png", "folder-cats/b.jpg", "folder-cats/c.webp")
     assert ds.captions == ("a red square", "a green cat", "a blue cat")
     assert ds.groups == (".", "cats", "cats")
     assert tuple(ds.images[0, 4, 4]) == (255, 0, 0)
-    _same(ds, load_image_folder(str(root), 8)[0])
+    _same(ds, load_image_folder(str(root), 8))
 
 
 def test_image_folder_txt_captions_and_rgba_on_white(tmp_path: Path) -> None:
@@ -130,8 +130,8 @@ def test_image_folder_txt_captions_and_rgba_on_white(tmp_path: Path) -> None:
     (tmp_path / "y.txt").write_text("a dark square")
     (tmp_path / "notes.md").write_text("not an image, ignored")
 
-    ds, skipped = load_image_folder(tmp_path, 4)
-    assert skipped == 0
+    ds = load_image_folder(tmp_path, 4)
+    assert ds.skipped_files == ()
     assert ds.ids == ("folder-dogs/x.png", "folder-y.BMP")
     assert ds.captions == ("an empty frame", "a dark square")
     assert ds.groups == ("dogs", ".")
@@ -147,9 +147,10 @@ def test_image_folder_corrupt_file(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetError, match="x.png"):
         load_image_folder(tmp_path, 8)
-    ds, skipped = load_image_folder(tmp_path, 8, on_bad_image="skip")
-    assert skipped == 1
+    ds = load_image_folder(tmp_path, 8, on_bad_image="skip")
+    assert ds.skipped_files == ("x.png",)  # named like the ids, relative to the folder
     assert ds.ids == ("folder-good.png",)
+    assert ds.subset([0]).skipped_files == ()  # a subset is not what was loaded
 
 
 def test_image_folder_bad_policy(tmp_path: Path) -> None:

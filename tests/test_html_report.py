@@ -105,7 +105,7 @@ def png(path: Path, color) -> None:
 def make_run(root: Path, summary=None, figures=FIGURES) -> Path:
     root.mkdir(parents=True)
     (root / SUMMARY_FILE).write_text(json.dumps(summary or make_summary()))
-    (root / CONFIG_FILE).write_text('[run]\nname = "fake <run>"\nseed = 7\n')
+    (root / CONFIG_FILE).write_text('[run]\nname = "fake.run"\nseed = 7\n[data]\ndata_dir = "data/<run>"\n')
     ids = [f"mnist-{i:05d}" for i in range(40)]
     clients = {
         str(c): {
@@ -161,7 +161,7 @@ def test_page_holds_the_run(run):
         "smp-lora",
         "fedavg",
         "seed <b>7</b>",
-        "fake &lt;run&gt;",  # config, escaped
+        "data/&lt;run&gt;",  # config, escaped
         "member aux",
         "non-member test",
         "<td>8</td><td>4</td><td>4</td><td>3</td><td>5</td>",

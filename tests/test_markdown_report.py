@@ -23,7 +23,7 @@ def test_report_md_holds_the_run(run):
     assert path == run / REPORT_FILE
     text = path.read_text()
     for expected in (
-        "# Run `fake <run>`",  # the config's run name
+        "# Run `fake.run`",  # the config's run name
         "Method **smp-lora**, aggregation **fedavg**, 2 clients, 2 rounds, seed 7, dataset `mnist`",
         "- public (base pretraining): 24 samples",
         "| client 0 | 8 | 4 | 4 | 3 | 5 |",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fedlora.errors import RunFolderError
 from fedlora.outputs import SUMMARY_FILE
 from fedlora.reports import Communication, Privacy, RunSummary, Timing, load_summary
 
@@ -81,15 +82,50 @@ def test_write_is_atomic_json_with_nan_as_null(tmp_path):
     assert data["quality"] == {"kid": None} and data["timing"] == {"total_s": 1.0, "train_s": 0.5, "eval_s": 0.5}
 
 
-def test_load_errors_name_the_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*no summary.json"):
+def test_load_errors_name_the_file(tmp_path):
+    path = re.escape(str(tmp_path / SUMMARY_FILE))
+    with pytest.raises(RunFolderError, match=f"^{path} is missing"):
         load_summary(tmp_path)
     (tmp_path / SUMMARY_FILE).write_text("[1, 2]")
-    with pytest.raises(ValueError, match=f"{tmp_path}.*does not hold a JSON object"):
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged: holds a JSON list, not an object"):
         load_summary(tmp_path)
-    (tmp_path / SUMMARY_FILE).write_text("{")
-    with pytest.raises(ValueError, match=f"{tmp_path}.*not valid JSON"):
+    (tmp_path / SUMMARY_FILE).write_text('{"method": "lo')  # truncated mid-write
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged: not valid JSON"):
         load_summary(tmp_path)
+    (tmp_path / SUMMARY_FILE).write_bytes(b'{"method": "\xff"}')
+    with pytest.raises(RunFolderError, match=f"^{path} is damaged"):
+        load_summary(tmp_path)
+
+
+def test_skipped_images_round_trip_and_reach_both_reports(tmp_path):
+    """data.on_bad_image = "skip": the count and every name in summary.json, the first names in the reports."""
+    from fedlora.config import load_config
+    from fedlora.finalize import RunResult, build_summary
+    from fedlora.reports import write_reports
+    from fedlora.reports.sections import SHOWN_SKIPPED
+
+    cfg = load_config("configs/smoke.toml", ["data.on_bad_image='skip'"])
+    names = [f"bad/{i:02d}.png" for i in range(SHOWN_SKIPPED + 3)]
+    summary = build_summary(cfg, RunResult(Timing(), Communication()), names)
+    summary.write(tmp_path)
+    data = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert data["skipped_images"] == {"count": len(names), "files": names}
+    assert list(data)[list(data).index("dataset") + 1] == "skipped_images"  # next to the dataset it concerns
+    assert load_summary(tmp_path).to_dict() == data
+    md, html = (p.read_text() for p in write_reports(tmp_path))
+    for text in (md, html):
+        assert "Images skipped as undecodable" in text and str(len(names)) in text
+        assert names[0] in text and names[SHOWN_SKIPPED - 1] in text and names[SHOWN_SKIPPED] not in text
+        assert "and 3 more" in text
+    # not skipping: no block; skipping nothing: a count of 0, still recorded
+    assert (
+        "skipped_images"
+        not in build_summary(load_config("configs/smoke.toml"), RunResult(Timing(), Communication())).to_dict()
+    )
+    assert build_summary(cfg, RunResult(Timing(), Communication())).to_dict()["skipped_images"] == {
+        "count": 0,
+        "files": [],
+    }
 
 
 def test_no_mapping_guard_chains_over_the_summary_outside_the_reader():

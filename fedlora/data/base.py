@@ -37,7 +37,9 @@ class ImageDataset:
 
     ``ids`` are stable across runs and machines (derived from the source, never from
     load order), so ``splits.json`` can be audited against the raw data. ``groups`` is
-    the label a non-IID partitioner splits on (a class, or a caption group).
+    the label a non-IID partitioner splits on (a class, or a caption group). ``skipped_files``
+    names the source files the loader left out (undecodable images under ``on_bad_image = "skip"``),
+    so the run can report what its data lacks; subsets do not carry it.
     """
 
     name: str
@@ -45,6 +47,7 @@ class ImageDataset:
     images: np.ndarray  # (N, H, W, 3) uint8
     captions: tuple[str, ...]
     groups: tuple[str, ...]
+    skipped_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.ids)

@@ -73,8 +73,8 @@ def _decode_rgb(file: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = "error") -> tuple[ImageDataset, int]:
-    """All images under ``path`` (recursively), and how many undecodable ones were skipped.
+def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = "error") -> ImageDataset:
+    """All images under ``path`` (recursively); undecodable ones skipped are named in ``skipped_files``.
 
     Ids are ``"folder-" + relative posix path`` so they survive re-listing and copying.
     ``groups`` is the image's folder relative to ``path`` ("." at the top level), so
@@ -103,13 +103,13 @@ def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = 
     images: list[np.ndarray] = []
     captions: list[str] = []
     groups: list[str] = []
-    skipped = 0
+    skipped: list[str] = []  # relative posix paths, like the ids
     for rel in rels:
         try:
             rgb = _decode_rgb(root / rel)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             if on_bad_image == "skip":
-                skipped += 1
+                skipped.append(rel)
                 continue
             raise DatasetError(
                 f"{root / rel}: cannot decode image ({exc}); use on_bad_image='skip' to skip it"
@@ -120,15 +120,18 @@ def load_image_folder(path: str | Path, image_size: int, *, on_bad_image: str = 
         groups.append(PurePosixPath(rel).parent.as_posix())
 
     if not ids:
-        raise DatasetError(f"image folder {root}: all {skipped} images failed to decode")
-    dataset = ImageDataset(
+        raise DatasetError(
+            f"image folder {root}: all {len(skipped)} images failed to decode (first: {skipped[0]}); "
+            "nothing to train on"
+        )
+    return ImageDataset(
         name=f"folder:{root.resolve().name}",
         ids=tuple(ids),
         images=np.stack(images),
         captions=tuple(captions),
         groups=tuple(groups),
+        skipped_files=tuple(skipped),
     )
-    return dataset, skipped
 
 
 def _needs_folder(data: DataConfig) -> None:
@@ -139,7 +142,7 @@ def _needs_folder(data: DataConfig) -> None:
 DATASETS.add(
     "folder",
     DatasetSource(
-        load=lambda data: load_image_folder(data.data_dir, data.image_size, on_bad_image=data.on_bad_image)[0],
+        load=lambda data: load_image_folder(data.data_dir, data.image_size, on_bad_image=data.on_bad_image),
         validate=_needs_folder,
     ),
     description="a local folder of images with captions in metadata.jsonl or .txt files beside them",

@@ -71,7 +71,11 @@ class Splits:
 
     @classmethod
     def load(cls, path: str | Path) -> Splits:
-        raw = json.loads(Path(path).read_text())
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Splits:
+        """``to_json``'s inverse; a missing key raises KeyError naming it (``fedlora.run_files`` reports it)."""
         clients = tuple(
             ClientSplit(
                 client_id=int(cid),

@@ -13,7 +13,7 @@ from .compare import compare_runs
 from .folder import RunFolder
 from .html import render_html, write_html_report
 from .markdown import render_markdown, write_markdown_report
-from .summary import Communication, Metrics, Privacy, RunSummary, Timing, load_summary
+from .summary import Communication, Failures, Metrics, Privacy, RunSummary, Timing, load_summary
 
 
 def write_reports(run_dir: str | Path) -> tuple[Path, Path]:
@@ -24,6 +24,7 @@ def write_reports(run_dir: str | Path) -> tuple[Path, Path]:
 
 __all__ = [
     "Communication",
+    "Failures",
     "Metrics",
     "Privacy",
     "RunFolder",

@@ -8,7 +8,7 @@ from typing import Any
 
 from .columns import Cell, DpGuarantee, LeakageTable, by_client_id, dp_guarantee, fmt, leakage_table
 from .folder import RunFolder
-from .summary import Metrics, as_number
+from .summary import Failures, Metrics, as_number
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,30 @@ def split_sizes(splits: Mapping[str, Any]) -> SplitSizes:
     return SplitSizes(_count(splits.get("public")), facts, table)
 
 
+SHOWN_SKIPPED = 20  # file names a report lists; summary.json keeps every one
+
+
+@dataclass(frozen=True)
+class SkippedImages:
+    """The images the data loader left out (``data.on_bad_image = "skip"``), as a report lists them."""
+
+    count: int
+    shown: tuple[str, ...]  # the first SHOWN_SKIPPED names
+    more: int  # how many more there are (all in summary.json)
+
+
+def skipped_images(block: Metrics | None) -> SkippedImages | None:
+    """None: the run did not skip bad images (or is from before they were counted)."""
+    if block is None:
+        return None
+    raw = block.get("files")
+    files = [str(f) for f in raw] if isinstance(raw, list) else []
+    count = block.number("count")
+    total = len(files) if count is None else int(count)
+    shown = tuple(files[:SHOWN_SKIPPED])
+    return SkippedImages(total, shown, max(0, total - len(shown)))
+
+
 def round_epsilon(row: Mapping[str, Any]) -> float | None:
     """The round's ε: the server's (central DP), else the largest client's (local DP)."""
     eps = as_number(row.get("dp_epsilon"))
@@ -70,6 +94,15 @@ def round_epsilon(row: Mapping[str, Any]) -> float | None:
     found = (as_number(c.get("dp_epsilon")) for c in (row.get("clients") or {}).values() if isinstance(c, Mapping))
     vals = [v for v in found if v is not None]
     return max(vals) if vals else None
+
+
+def _clients_cell(row: Mapping[str, Any]) -> str:
+    """The clients whose update was aggregated, and what happened to the others."""
+    notes = [
+        f"{len(row[key])} {label}" for key, label in (("failures", "failed"), ("rejected", "rejected")) if row.get(key)
+    ]
+    notes += ["skipped"] if row.get("skipped") else []
+    return str(len(row.get("clients") or {})) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def round_table(rows: list[dict[str, Any]]) -> Table:
@@ -92,7 +125,7 @@ def round_table(rows: list[dict[str, Any]]) -> Table:
             fmt(r.get("member_loss"), ".4f"),
             fmt(r.get("nonmember_loss"), ".4f"),
             fmt(r.get("loss_gap"), "+.4f"),
-            str(len(r.get("clients") or {})) + (" (skipped)" if r.get("skipped") else ""),
+            _clients_cell(r),
             fmt(r.get("bytes_up_per_client"), ",.0f") if "bytes_up_per_client" in r else "—",
             fmt(r.get("round_s"), ".1f") if "round_s" in r else "—",
         )
@@ -176,6 +209,34 @@ def secure_aggregation(block: Metrics | None) -> SecureAggregation | None:
 
 
 @dataclass(frozen=True)
+class FailureSummary:
+    """summary.json's ``failures``: one line of totals and a count per plain reason."""
+
+    line: str
+    reasons: tuple[tuple[str, int], ...]
+
+
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def failure_summary(f: Failures | None) -> FailureSummary | None:
+    if f is None:
+        return None
+    if not f.occurred:
+        return FailureSummary("none: every sampled client answered and every update was accepted", ())
+    line = ", ".join(
+        (
+            _counted(f.failed_replies, "failed reply", "failed replies"),
+            _counted(f.rejected_updates, "rejected update", "rejected updates"),
+            _counted(f.skipped_rounds, "skipped round", "skipped rounds"),
+        )
+    )
+    reasons = tuple((str(k), int(v)) for k, v in f.reasons.items() if isinstance(v, (int, float)))
+    return FailureSummary(line, reasons)
+
+
+@dataclass(frozen=True)
 class Sections:
     """What both reports show of a run folder; None where the file it comes from is missing or unreadable."""
 
@@ -186,6 +247,8 @@ class Sections:
     quality: Table | None
     dp: DpGuarantee | None
     secure: SecureAggregation | None = None  # None: the server saw every update
+    failures: FailureSummary | None = None  # None: a run from before failures were totalled
+    skipped: SkippedImages | None = None  # None: bad images were not being skipped
 
     @classmethod
     def of(cls, folder: RunFolder) -> Sections:
@@ -201,6 +264,8 @@ class Sections:
             quality=None if s is None else quality_table(s.quality),
             dp=None if s is None else dp_guarantee(s.privacy.dp),
             secure=secure,
+            failures=None if s is None else failure_summary(s.failures),
+            skipped=None if s is None else skipped_images(s.skipped_images),
         )
 
 

@@ -8,7 +8,6 @@ in ``extra`` so that rewriting a summary never drops it. Writing keeps today's k
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..outputs import SUMMARY_FILE, RunOutputs
+from ..run_files import read_json
+from ..run_status import refuse_unfinished
 
 
 def as_number(value: Any) -> float | None:
@@ -111,6 +112,33 @@ class Communication:
         return _join(self)
 
 
+@dataclass
+class Failures:
+    """What went wrong over the run: failed replies, updates the server rejected, rounds it skipped.
+
+    ``reasons`` counts each plain reason: ``"failed: <the client's error>"``, ``"rejected: <kind>"``
+    (``fedlora.update_validation``), ``"skipped: <why>"``.
+    """
+
+    failed_replies: int = 0
+    rejected_updates: int = 0
+    skipped_rounds: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Failures:
+        known, extra = _split(cls, data, {"reasons": Mapping})
+        return cls(**{**known, "reasons": dict(known.get("reasons", {}))}, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _join(self, reasons=dict(self.reasons))
+
+    @property
+    def occurred(self) -> bool:
+        return bool(self.failed_replies or self.rejected_updates or self.skipped_rounds)
+
+
 Attacks = dict[str, Metrics]  # attack name -> leakage_metrics' keys plus ``details``
 
 
@@ -185,6 +213,8 @@ class RunSummary:
     seed: int | None = None
     base_model: str | None = None
     dataset: str | None = None
+    # data.on_bad_image = "skip": {"count": n, "files": [...]}, the images the loader left out; None: not skipping
+    skipped_images: Metrics | None = None
     privacy: Privacy = field(default_factory=Privacy)
     adapter_rank: int | None = None
     client_ranks: list[int] | None = None
@@ -193,6 +223,7 @@ class RunSummary:
     communication: Communication | None = None
     # federation.secure_aggregation: enabled, its parameters, what the server sees, dropouts, errors
     secure_aggregation: Metrics | None = None
+    failures: Failures | None = None  # None: a run from before the server validated updates
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -203,6 +234,8 @@ class RunSummary:
             "timing": Mapping,
             "communication": Mapping,
             "secure_aggregation": Mapping,
+            "failures": Mapping,
+            "skipped_images": Mapping,
             "client_ranks": list,
         }
         known, extra = _split(cls, data, shapes)
@@ -212,6 +245,8 @@ class RunSummary:
             "timing": Timing.from_dict(known.pop("timing")) if "timing" in known else None,
             "communication": Communication.from_dict(known.pop("communication")) if "communication" in known else None,
             "secure_aggregation": Metrics(known.pop("secure_aggregation")) if "secure_aggregation" in known else None,
+            "failures": Failures.from_dict(known.pop("failures")) if "failures" in known else None,
+            "skipped_images": Metrics(known.pop("skipped_images")) if "skipped_images" in known else None,
         }
         return cls(**known, **sections, extra=extra)
 
@@ -224,6 +259,8 @@ class RunSummary:
             timing=None if self.timing is None else self.timing.to_dict(),
             communication=None if self.communication is None else self.communication.to_dict(),
             secure_aggregation=None if self.secure_aggregation is None else dict(self.secure_aggregation),
+            failures=None if self.failures is None else self.failures.to_dict(),
+            skipped_images=None if self.skipped_images is None else dict(self.skipped_images),
         )
 
     def write(self, run_dir: str | Path) -> Path:
@@ -232,14 +269,7 @@ class RunSummary:
 
 
 def load_summary(run_dir: str | Path) -> RunSummary:
-    """The run's summary.json; errors name the folder, not just the file."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {SUMMARY_FILE} (not a finished run folder?)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{run_dir}: {SUMMARY_FILE} does not hold a JSON object")
-    return RunSummary.from_dict(data)
+    """The run's summary.json; a missing or damaged one is a RunFolderError naming its path (an
+    unfinished run's folder: why it is unfinished, from its status.json)."""
+    refuse_unfinished(Path(run_dir), SUMMARY_FILE)
+    return RunSummary.from_dict(read_json(Path(run_dir) / SUMMARY_FILE, "not a finished run folder?"))

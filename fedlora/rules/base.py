@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,15 @@ def factor(state: State, which: str) -> Arrays:
     """The ``"A"`` or ``"B"`` factors of an adapter state."""
     suffix = {"A": agg.A_SUFFIX, "B": agg.B_SUFFIX}[which]
     return {k: v for k, v in state.items() if k.endswith(suffix)}
+
+
+def at_rank(key: str, shape: tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """The shape of LoRA factor ``key`` at another rank: A is (r, ...), B is (d_out, r, ...)."""
+    if key.endswith(agg.A_SUFFIX):
+        return (rank, *shape[1:])
+    if key.endswith(agg.B_SUFFIX):
+        return (shape[0], rank, *shape[2:])
+    return tuple(shape)
 
 
 def rules_with(trait: str) -> list[str]:
@@ -130,6 +139,13 @@ class Rule(ABC):
         self.global_lora: Arrays = dict(self.initial)
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the server half holds (for a checkpoint): the instance's attributes but the config."""
+        return {k: v for k, v in vars(self).items() if k != "cfg"}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        vars(self).update(state)
+
     @abstractmethod
     def payload(self, client_id: int) -> Arrays:
         """What the server sends this client in the coming round."""
@@ -147,6 +163,22 @@ class Rule(ABC):
     @abstractmethod
     def fold(self, ids: list[int], uploads: PerClient, weights: list[float], eval_only: PerClient) -> None:
         """``aggregate`` without the bookkeeping: ``ids`` sorted, ``weights`` aligned with them."""
+
+    def expected_upload(self, client_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Key -> (shape, dtype) of the upload this client must send: the rule's factors of the server's
+        adapter, at the client's rank where ``federation.client_ranks`` gives one (the server's checks)."""
+        ranks = self.cfg.federation.client_ranks
+        rank = client_rank(self.cfg, client_id) if ranks else None
+        # zero-size stand-ins (broadcast views), so that client_upload picks the keys as it does on a client
+        stand_ins = {
+            k: np.broadcast_to(np.zeros((), v.dtype), v.shape if rank is None else at_rank(k, v.shape, rank))
+            for k, v in self.initial.items()
+        }
+        return {k: (tuple(v.shape), v.dtype) for k, v in self.client_upload(stand_ins).items()}
+
+    def expected_eval_only(self, client_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Key -> (shape, dtype) of the audit-only arrays the server's views are built from (none by default)."""
+        return {}
 
     def upload_keys(self) -> list[str]:
         """The keys a client uploads, in the adapter's order (secure aggregation sends arrays by position)."""

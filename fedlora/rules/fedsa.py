@@ -29,6 +29,10 @@ class FedSA(Rule):
     def client_eval_only(self, kept: State) -> Arrays:
         return dict(kept)  # B, shown to the simulation's audit only
 
+    def expected_eval_only(self, client_id: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Each client's own B, from which the audited global model (the personalised average) is built."""
+        return {k: (tuple(v.shape), v.dtype) for k, v in factor(self.initial, "B").items()}
+
     def start(self, initial: State) -> Rule:
         super().start(initial)
         self.dense: dict[str, np.ndarray] = {}  # the average of the personalised updates Bₖ·A

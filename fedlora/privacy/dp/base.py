@@ -50,6 +50,13 @@ class DpMode:
     def validate(cls, cfg: ExperimentConfig) -> None:
         """Refuse settings this mode cannot honour (raise ConfigError naming the keys)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The server-side state a resumed run needs (an accountant's history); plain values and arrays."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict``'s output."""
+
     # ---- client side -------------------------------------------------------------------
 
     def released(self, metrics: Mapping[str, float]) -> dict[str, float]:

@@ -5,11 +5,14 @@ Each sampled client's update (new − old adapter, A and B flattened together) i
 (McMahan et al. 2018, arXiv 1710.06963). Flower's ``RdpAccountant`` (Google's dp-accounting)
 composes one Gaussian release per round; Flower's wrapper accounts only without sampling
 amplification and for uniform weights, so ε is the no-amplification bound of add-or-remove-one
-neighbouring client populations.
+neighbouring client populations. The strategy screens the replies before the wrapper counts them;
+a round that lost a client (failed or rejected) is not released, as the wrapper itself decides.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,12 +20,12 @@ import numpy as np
 
 from ...config import ExperimentConfig
 from ...errors import ConfigError
-from ...protocol import METRICS, PARTITION_ID
 from ...registry import DP_MODES
-from ...rounds import RoundLog, plain_reason
+from ...rounds import RoundLog
 from ...rules import rule_class, rules_with
 from .base import TIMING_ONLY, DpMode
 
+logger = logging.getLogger("fedlora")
 ACCOUNTANT_NAME = "flwr RdpAccountant (dp-accounting RDP), no sampling amplification, add-or-remove-one client"
 
 
@@ -46,10 +49,6 @@ def clip_update(upload: Mapping[str, Any], payload: Mapping[str, Any], norm: flo
     total = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta.values())))
     scale = min(1.0, norm / total) if total > 0 else 1.0
     return {k: (np.asarray(payload[k], dtype=np.float64) + delta[k] * scale).astype(np.float32) for k in upload}
-
-
-def _partition(message: Any) -> int:
-    return -1 if message.has_error() else int(message.content[METRICS][PARTITION_ID])
 
 
 @DP_MODES.register(
@@ -95,6 +94,18 @@ class DpFedAvg(DpMode):
         if cfg.privacy.dp_noise_multiplier <= 0:
             raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "accountant": json.dumps(self.accountant.state_dict()),
+            "noise_rng": json.dumps(self.noise_rng.bit_generator.state),
+            "last_contributors": self.last_contributors,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accountant.load_state_dict(json.loads(state["accountant"]))
+        self.noise_rng.bit_generator.state = json.loads(state["noise_rng"])
+        self.last_contributors = int(state["last_contributors"])
+
     def wrap(self, strategy: Any) -> Any:
         from flwr.serverapp.strategy import (
             DifferentialPrivacyClientSideFixedClipping,
@@ -110,12 +121,23 @@ class DpFedAvg(DpMode):
         )
 
         class SortedReplies(base):  # type: ignore[valid-type,misc]  # summed in client order: same seed, same numbers
+            """Screened before the wrapper counts and clips them; a round that lost a client is not released."""
+
             def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
-                replies = sorted(replies, key=_partition)
-                strategy.log[server_round].failures = [
-                    plain_reason(str(m.error.reason)) for m in replies if m.has_error()
-                ]
-                return super().aggregate_train(server_round, replies)
+                replies = list(replies)
+                accepted = strategy.screen_replies(server_round, replies)  # in partition order
+                arrays, metrics = super().aggregate_train(server_round, accepted)
+                entry = strategy.log[server_round]
+                if arrays is None and not entry.skipped:
+                    # Flower's accounted wrapper releases only rounds with every sampled client's update: the
+                    # noise sigma*C/m is sized for m clipped updates (fewer would leave less noise than accounted)
+                    entry.skipped = (
+                        f"incomplete DP round: {len(accepted)} of {self.num_sampled_clients} sampled clients' updates "
+                        "were accepted, and dp-fedavg releases only rounds with all of them (its noise is sized for "
+                        "that many); the global model is unchanged"
+                    )
+                    logger.warning("round %d skipped: %s", server_round, entry.skipped)
+                return arrays, metrics
 
         self.wrapper = SortedReplies(
             strategy, self.noise_multiplier, self.clipping_norm, strategy.num_sampled, accountant=self.accountant
