@@ -85,3 +85,24 @@ def test_non_finite_numbers_are_refused(override):
 def test_run_name_must_be_a_plain_folder_name(name):
     with pytest.raises(ConfigError, match="run.name"):
         load_config("configs/smoke.toml", [f"run.name={name!r}"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.learning_rate=nan",
+        "train.learning_rate=inf",
+        "train.max_grad_norm=nan",
+        "privacy.dp_noise_multiplier=nan",
+        "federation.round_timeout_s=inf",
+        "run.name='../../escape'",
+        "run.name=''",
+    ],
+)
+def test_fedlora_run_refuses_bad_values_with_exit_2_and_leaves_no_folder(tmp_path, override, capsys):
+    from fedlora.cli import main
+
+    out = tmp_path / "runs"
+    assert main(["run", "configs/smoke.toml", "--set", f"run.output_dir='{out}'", "--set", override]) == 2
+    assert "config error:" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
