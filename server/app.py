@@ -28,7 +28,7 @@ from fedlora.protocol import CONFIG, METRICS, PARTITION_ID, integer
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import build_rule
-from fedlora.runtime import get_runtime, get_splits
+from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings, secure_summary
 
 from .secure_aggregation import EvaluateFn, run_secure_rounds
@@ -102,10 +102,9 @@ def run_federated(
     persistent state in its checkpoint, so that a resumed run finds it.
     """
     started = time.perf_counter()
-    preflight(cfg)  # bad data, splits or base model: refused before the run folder exists
+    splits = preflight(cfg)  # bad data, splits or base model: refused before the run folder exists
     saved = checkpoint.load_server(resume) if resume is not None else None
     outputs = RunOutputs(resume) if resume is not None else RunOutputs.create(cfg)
-    splits = get_splits(cfg)
     if saved is None:
         splits.save(outputs.path(SPLITS_FILE))
         checkpoint.write_status(outputs.root, checkpoint.RUNNING)

@@ -65,40 +65,30 @@ def test_override_parsing_and_roundtrip():
     assert cfg.replace(**{"train.local_steps": 3}).train.local_steps == 3
 
 
-@pytest.mark.parametrize(
-    "override",
-    [
-        "train.learning_rate=nan",
-        "train.learning_rate=inf",
-        "train.max_grad_norm=nan",
-        "privacy.dp_noise_multiplier=nan",
-        "federation.round_timeout_s=inf",
-    ],
-)
+NON_FINITE = [
+    "train.learning_rate=nan",
+    "train.learning_rate=inf",
+    "train.max_grad_norm=nan",
+    "privacy.dp_noise_multiplier=nan",
+    "federation.round_timeout_s=inf",
+]
+ESCAPING_NAMES = ["../../escape", "", "a/b", "..", ".hidden", "x..y"]
+
+
+@pytest.mark.parametrize("override", NON_FINITE)
 def test_non_finite_numbers_are_refused(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ".*finite"):
         load_config("configs/smoke.toml", [override])
 
 
-@pytest.mark.parametrize("name", ["../../escape", "", "a/b", "..", ".hidden", "x..y"])
+@pytest.mark.parametrize("name", ESCAPING_NAMES)
 def test_run_name_must_be_a_plain_folder_name(name):
     with pytest.raises(ConfigError, match="run.name"):
         load_config("configs/smoke.toml", [f"run.name={name!r}"])
 
 
-@pytest.mark.parametrize(
-    "override",
-    [
-        "train.learning_rate=nan",
-        "train.learning_rate=inf",
-        "train.max_grad_norm=nan",
-        "privacy.dp_noise_multiplier=nan",
-        "federation.round_timeout_s=inf",
-        "run.name='../../escape'",
-        "run.name=''",
-    ],
-)
+@pytest.mark.parametrize("override", NON_FINITE + ["run.name='../../escape'", "run.name=''"])
 def test_fedlora_run_refuses_bad_values_with_exit_2_and_leaves_no_folder(tmp_path, override, capsys):
     from fedlora.cli import main
 
