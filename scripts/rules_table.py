@@ -52,16 +52,23 @@ def cells(
     methods: list[str],
     variants: list[str],
     non_iid_methods: list[str] | None = None,
+    smp_rules: list[str] | None = None,
+    non_iid_rules: list[str] | None = None,
 ) -> list[tuple[str, list[str]]]:
     def cell(part: str, rule: str, method: str) -> tuple[str, list[str]]:
         extra = PARTITIONS[part] + [f"federation.aggregation='{rule}'", f"train.method='{method}'"]
         return f"{part}-{rule}-{method}", extra + (SMP if method == "smp-lora" else [])
 
     # run order: the IID table, the variants, then non-IID LoRA before the slower non-IID SMP-LoRA
-    out = [cell("iid", r, m) for r in rules for m in methods] if "iid" in partitions else []
+    def wanted(rule: str, method: str) -> bool:  # SMP-LoRA only on smp_rules (all rules by default)
+        return method == "lora" or smp_rules is None or rule in smp_rules
+
+    out = [cell("iid", r, m) for r in rules for m in methods if wanted(r, m)] if "iid" in partitions else []
     out += [(f"iid-{v}-lora", PARTITIONS["iid"] + ["train.method='lora'"] + VARIANTS[v]) for v in variants]
     for part in (p for p in partitions if p != "iid"):
-        out += [cell(part, r, m) for m in (non_iid_methods or methods) for r in rules]
+        out += [
+            cell(part, r, m) for m in (non_iid_methods or methods) for r in (non_iid_rules or rules) if wanted(r, m)
+        ]
     return out
 
 
@@ -172,13 +179,31 @@ def main() -> int:
         choices=list(METHODS),
         help="methods for the non-IID partitions (default: --methods)",
     )
+    ap.add_argument(
+        "--non-iid-rules", nargs="+", default=None, choices=list(RULES), help="rules for the non-IID partitions"
+    )
+    ap.add_argument(
+        "--smp-rules",
+        nargs="+",
+        default=None,
+        choices=list(RULES),
+        help="the rules that get an SMP-LoRA row (default: every rule in --rules)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="runs/rules-default")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     runs = (ROOT / args.runs).resolve()
-    plan = cells(args.partitions, args.rules, args.methods, args.variants, args.non_iid_methods)
+    plan = cells(
+        args.partitions,
+        args.rules,
+        args.methods,
+        args.variants,
+        args.non_iid_methods,
+        args.smp_rules,
+        args.non_iid_rules,
+    )
     if not args.table_only:
         for name, extra in plan:
             run_one(runs, name, extra, args.seed)
@@ -188,6 +213,8 @@ def main() -> int:
         f" --partitions {' '.join(args.partitions)} --rules {' '.join(args.rules)} --methods {' '.join(args.methods)}"
         + (f" --variants {' '.join(args.variants)}" if args.variants else " --variants")
         + (f" --non-iid-methods {' '.join(args.non_iid_methods)}" if args.non_iid_methods else "")
+        + (f" --non-iid-rules {' '.join(args.non_iid_rules)}" if args.non_iid_rules else "")
+        + (f" --smp-rules {' '.join(args.smp_rules)}" if args.smp_rules else "")
         + f" --seed {args.seed}"
     )
     lines = table(runs, plan, args.seed, command)
