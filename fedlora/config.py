@@ -122,6 +122,10 @@ class PrivacyConfig:
     dp_max_grad_norm: float = setting(1.0, min=1e-12)
     dp_delta: float = setting(1e-5, min=1e-15, max=0.5)
     dp_clipping: Literal["server", "client"] = "server"  # dp-fedavg: who clips the updates
+    # dp-fedavg: account the round's client sampling (a uniform fixed-size subset, without replacement)
+    # with amplification by sampling, replace-one neighbouring (fedlora/privacy/dp/sampled_accountant.py);
+    # it pays off when few of many clients train per round, and assumes the sample stays secret
+    dp_sampling_amplification: bool = False
 
 
 @dataclass(frozen=True)
@@ -385,6 +389,12 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"federation.min_clients_per_round = {cfg.federation.min_clients_per_round} exceeds the "
             f"{sampled_per_round(cfg)} clients sampled per round (num_clients x fraction_train = "
             f"{cfg.federation.num_clients} x {cfg.federation.fraction_train}): every round would be skipped"
+        )
+    if cfg.privacy.dp_sampling_amplification and not DP_MODES.get(cfg.privacy.dp).accounts_client_sampling:
+        able = [k for k in DP_MODES.keys() if DP_MODES.get(k).accounts_client_sampling]
+        raise ConfigError(
+            f"privacy.dp_sampling_amplification = true needs privacy.dp = one of {able} (the modes that account "
+            f"the server's client sampling), not {cfg.privacy.dp!r}"
         )
     _check_secure_aggregation(cfg)
     RULES.get(cfg.federation.aggregation).validate(cfg)

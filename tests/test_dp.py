@@ -130,3 +130,72 @@ def test_training_figure_draws_runs_whose_clients_withhold_their_losses(tmp_path
     out = tmp_path / "training.png"
     plot_training(out, rows)
     assert out.stat().st_size > 0
+
+
+def _amplified(clients: int, extra: tuple[str, ...] = ()) -> DpFedAvg:
+    cfg = load_config(
+        None,
+        [
+            "privacy.dp='dp-fedavg'",
+            "privacy.dp_noise_multiplier=1.0",
+            "privacy.dp_sampling_amplification=true",
+            f"federation.num_clients={clients}",
+            *extra,
+        ],
+    )
+    return DpFedAvg(cfg)
+
+
+def test_sampling_amplification_accounts_m_of_n_without_replacement_at_half_sigma():
+    from dp_accounting import GaussianDpEvent, SampledWithoutReplacementDpEvent, SelfComposedDpEvent
+    from dp_accounting.privacy_accountant import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
+
+    dp = _amplified(1000)
+    for _ in range(10):
+        dp.accountant.compose_raw(1.0, 8)
+    event = SampledWithoutReplacementDpEvent(1000, 8, GaussianDpEvent(0.5))  # replace-one: sensitivity 2C
+    direct = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    direct = direct.compose(SelfComposedDpEvent(event, 10)).get_epsilon(1e-5)
+    assert dp.epsilon() == pytest.approx(direct, rel=1e-9) and dp.releases() == 10
+    s = dp.summary()
+    assert s["population"] == 1000 and "replace-one" in s["protects"] and "without replacement" in s["accountant"]
+
+
+def test_sampling_amplification_pays_off_only_when_few_of_many_clients_train():
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    def eps(clients: int, amplified: bool) -> float:
+        extra = () if amplified else ("privacy.dp_sampling_amplification=false",)
+        dp = _amplified(clients, extra)
+        for _ in range(10):
+            dp.accountant.compose(GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=8, population_size=clients))
+        return dp.epsilon()
+
+    assert eps(1000, True) < eps(1000, False) / 3 and eps(1000, True) < eps(100, True) < eps(100, False)
+    assert eps(8, True) > eps(8, False)  # everyone trains: replace-one costs more than add-or-remove
+
+
+def test_sampled_accountant_state_round_trips():
+    dp = _amplified(100)
+    dp.accountant.compose_raw(1.0, 8, 3)
+    other = _amplified(100)
+    other.load_state_dict(dp.state_dict())
+    assert other.epsilon() == dp.epsilon() > 0 and other.releases() == 3
+    with pytest.raises(ValueError, match="100 clients"):
+        _amplified(50).load_state_dict(dp.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["privacy.dp='dp-lora'"], "dp_sampling_amplification"),
+        (["federation.secure_aggregation=true", "privacy.dp_clipping='client'"], "secure_aggregation"),
+    ],
+)
+def test_sampling_amplification_refuses_what_it_cannot_bound(overrides, match):
+    from fedlora.errors import ConfigError
+
+    base = ["privacy.dp='dp-fedavg'", "privacy.dp_sampling_amplification=true", "federation.num_clients=8"]
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, base + overrides)

@@ -411,8 +411,14 @@ def test_missing_replies_and_malformed_ones_are_counted_too():
 # ---- dp-fedavg: Flower aggregates, the wrapper accounts -----------------------------------------
 
 
-def test_under_dp_fedavg_a_rejected_update_skips_the_release():
-    fed = Federation("fedavg", "privacy.dp='dp-fedavg'", strategy_cls=AccountedFedAvgStrategy)
+@pytest.mark.parametrize("amplified", [False, True])  # Flower's accountant, or fedlora's sampled one
+def test_under_dp_fedavg_a_rejected_update_skips_the_release(amplified):
+    fed = Federation(
+        "fedavg",
+        "privacy.dp='dp-fedavg'",
+        f"privacy.dp_sampling_amplification={str(amplified).lower()}",
+        strategy_cls=AccountedFedAvgStrategy,
+    )
     dp = build_dp_mode(fed.cfg)
     wrapper = dp.wrap(fed.strategy)
     fed.configure(runner=wrapper)

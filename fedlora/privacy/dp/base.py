@@ -42,6 +42,8 @@ class DpMode:
     # Under secure aggregation: every client weighs 1 in the mean (an accountant's assumption)
     # instead of its number of examples.
     uniform_weights: ClassVar[bool] = False
+    # privacy.dp_sampling_amplification: this mode can account the server's client sampling
+    accounts_client_sampling: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

@@ -5,7 +5,10 @@ Each sampled client's update (new − old adapter, A and B flattened together) i
 (McMahan et al. 2018, arXiv 1710.06963). Flower's ``RdpAccountant`` (Google's dp-accounting)
 composes one Gaussian release per round; Flower's wrapper accounts only without sampling
 amplification and for uniform weights, so ε is the no-amplification bound of add-or-remove-one
-neighbouring client populations. The strategy screens the replies before the wrapper counts them;
+neighbouring client populations. With ``privacy.dp_sampling_amplification`` the wrapper only clips
+and noises, and ``sampled_accountant.py`` accounts each released round with amplification by the
+round's client sampling (replace-one neighbouring), which is what makes user-level DP affordable when
+a few of many clients train per round. The strategy screens the replies before the wrapper counts them;
 a round that lost a client (failed or rejected) is not released, as the wrapper itself decides.
 """
 
@@ -24,6 +27,8 @@ from ...registry import DP_MODES
 from ...rounds import RoundLog
 from ...rules import rule_class, rules_with
 from .base import TIMING_ONLY, DpMode
+from .sampled_accountant import NAME as SAMPLED_ACCOUNTANT_NAME
+from .sampled_accountant import SampledClientsAccountant
 
 logger = logging.getLogger("fedlora")
 ACCOUNTANT_NAME = "flwr RdpAccountant (dp-accounting RDP), no sampling amplification, add-or-remove-one client"
@@ -62,6 +67,7 @@ class DpFedAvg(DpMode):
     uses_flower_aggregation = True
     released_metrics = TIMING_ONLY
     uniform_weights = True
+    accounts_client_sampling = True
 
     def __init__(self, cfg: ExperimentConfig):
         super().__init__(cfg)
@@ -71,7 +77,12 @@ class DpFedAvg(DpMode):
         self.clipping = p.dp_clipping
         self.delta = p.dp_delta
         self.population = cfg.federation.num_clients
-        self.accountant = make_accountant(self.delta, self.population)
+        self.amplified = p.dp_sampling_amplification
+        self.accountant: Any = (
+            SampledClientsAccountant(self.delta, self.population)
+            if self.amplified
+            else make_accountant(self.delta, self.population)
+        )
         self.wrapper: Any = None
         self.secure = cfg.federation.secure_aggregation
         self.noise_rng = np.random.default_rng([cfg.run.seed, 23])  # the secure path's server noise
@@ -93,6 +104,12 @@ class DpFedAvg(DpMode):
             )
         if cfg.privacy.dp_noise_multiplier <= 0:
             raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+        if cfg.privacy.dp_sampling_amplification and cfg.federation.secure_aggregation:
+            raise ConfigError(
+                "privacy.dp_sampling_amplification = true cannot be combined with federation.secure_aggregation = "
+                "true: SecAgg+ rounds release the mean of the clients that did not drop out, which is not a uniform "
+                "sample, so the amplification bound would not hold; set one of them to false"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +131,7 @@ class DpFedAvg(DpMode):
 
         # Flower draws the noise from numpy's global generator: seed it for reproducible runs.
         np.random.seed(self.cfg.run.seed)
+        mode = self
         base = (
             DifferentialPrivacyServerSideFixedClipping
             if self.clipping == "server"
@@ -126,7 +144,12 @@ class DpFedAvg(DpMode):
             def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
                 replies = list(replies)
                 accepted = strategy.screen_replies(server_round, replies)  # in partition order
-                arrays, metrics = super().aggregate_train(server_round, accepted)
+                if mode.amplified and len(accepted) != self.num_sampled_clients:
+                    arrays, metrics = None, None  # what Flower's accounted wrapper does with a short round
+                else:
+                    arrays, metrics = super().aggregate_train(server_round, accepted)
+                if arrays is not None and mode.amplified:  # the wrapper only noised it: account it here
+                    mode.accountant.compose_raw(mode.noise_multiplier, len(accepted))
                 entry = strategy.log[server_round]
                 if arrays is None and not entry.skipped:
                     # Flower's accounted wrapper releases only rounds with every sampled client's update: the
@@ -140,7 +163,11 @@ class DpFedAvg(DpMode):
                 return arrays, metrics
 
         self.wrapper = SortedReplies(
-            strategy, self.noise_multiplier, self.clipping_norm, strategy.num_sampled, accountant=self.accountant
+            strategy,
+            self.noise_multiplier,
+            self.clipping_norm,
+            strategy.num_sampled,
+            accountant=None if self.amplified else self.accountant,
         )
         return self.wrapper
 
@@ -158,6 +185,11 @@ class DpFedAvg(DpMode):
         self.accountant.compose(GaussianPrivacyEvent(self.noise_multiplier, contributors, self.population))
         self.last_contributors = contributors
         return out
+
+    def neighbouring(self) -> str:
+        if self.amplified:
+            return "(replace-one client; the sampled set must stay secret)"
+        return "(add-or-remove-one client)"
 
     def epsilon(self) -> float:
         spent = self.accountant.get_privacy_spent()
@@ -186,7 +218,7 @@ class DpFedAvg(DpMode):
         return {
             "mechanism": "dp-fedavg",
             "level": "user (client)",
-            "protects": "each client's whole contribution (add-or-remove-one client)",
+            "protects": "each client's whole contribution " + self.neighbouring(),
             "covers": covers,
             "clipping": self.clipping,
             "noise_added_by": "the server, to the decoded secure sum" if self.secure else "the server",
@@ -196,6 +228,8 @@ class DpFedAvg(DpMode):
             "epsilon": self.epsilon(),
             "delta": self.delta,
             "releases": self.releases(),
-            "accountant": ACCOUNTANT_NAME,
+            "accountant": SAMPLED_ACCOUNTANT_NAME if self.amplified else ACCOUNTANT_NAME,
+            "clients_per_round": contributors,
+            "population": self.population,
             "formal": True,
         }
