@@ -53,8 +53,8 @@ def membership_batches(
         return got[0] if draws == 1 else torch.stack(got).mean(0)
 
     def aux(k: int) -> LabelledMaps:
-        mi = torch.randint(0, len(m_aux), (k,), generator=gen)
-        ni = torch.randint(0, len(n_aux), (k,), generator=gen)
+        mi = torch.randint(0, len(m_aux), (k,), generator=gen).to(runtime.device)
+        ni = torch.randint(0, len(n_aux), (k,), generator=gen).to(runtime.device)
         latents = torch.cat([m_aux.latents[mi], n_aux.latents[ni]])
         cond = torch.cat([m_aux.cond[mi], n_aux.cond[ni]])
         return maps(latents, cond), membership_labels(k, k)
@@ -63,7 +63,7 @@ def membership_batches(
         both = torch.cat([maps(m_test.latents, m_test.cond), maps(n_test.latents, n_test.cond)])
         return both, membership_labels(len(m_test), len(n_test))
 
-    return MembershipBatches(aux=aux, test=test)
+    return MembershipBatches(aux=aux, test=test, device=runtime.device)
 
 
 @dataclass
