@@ -11,7 +11,8 @@ and the tokenizer, a local character-level CLIPTokenizer (``tiny.build_tokenizer
 encoder's embedding table has that tokenizer's vocabulary instead of CLIP's 49,408 BPE tokens.
 
 ``SD15Spec``'s cuts (layers per block, text-encoder depth, latent side) keep every width and
-attention shape and only drop repeated layers: what the tests train on a CPU. To use it as a
+attention shape and only drop repeated layers: what the tests train on a CPU (only the
+benchmark's dry run narrows the UNet too). To use it as a
 base, ``build_sd15_pipeline(spec).save_pretrained(folder)`` and set ``model.base_model`` to the
 folder; ``scripts/bench_gpu.py`` times the uncut UNet.
 """
@@ -38,6 +39,8 @@ class SD15Spec:
     vae_layers_per_block: int = 2
     text_layers: int = 12
     sample_size: int = 64  # latent side: 64 x 8 = 512 px
+    # UNet widths; narrower ones only for the benchmark's CPU dry run, which checks code, not shapes
+    unet_channels: tuple[int, ...] = SD15_BLOCK_CHANNELS
 
     @property
     def image_size(self) -> int:
@@ -52,7 +55,7 @@ def build_sd15_unet(spec: SD15Spec = SD15Spec()) -> Any:
         in_channels=4,
         out_channels=4,
         layers_per_block=spec.unet_layers_per_block,
-        block_out_channels=SD15_BLOCK_CHANNELS,
+        block_out_channels=spec.unet_channels,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=SD15_CROSS_ATTENTION,
