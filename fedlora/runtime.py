@@ -21,7 +21,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data import ImageDataset, Splits, load_dataset, make_splits
-from .device import resolve_device
+from .device import resolve_device, to_host
 from .errors import ConfigError
 from .models.base import base_info, load_pipeline
 from .models.diffusion import (
@@ -93,15 +93,23 @@ class ModelRuntime:
         return self.pipe.unet
 
     def encode(self, dataset: ImageDataset, ids: Sequence[str]) -> EncodedSamples:
+        """The samples' latents and caption embeddings, on this runtime's device.
+
+        Encoded once (on the device) and cached on the host: a GPU holds a client's samples only
+        while the returned tensors are in use (its round), not those of every client it served.
+        On the CPU the cache and the returned tensors are the same ones.
+        """
         key = tuple(ids)
         if key not in self._encoded:
             idx = dataset.indices_of(key)
+            captions = [dataset.captions[i] for i in idx]
             self._encoded[key] = EncodedSamples(
                 ids=key,
-                latents=encode_images(self.pipe.vae, dataset.images[idx]),
-                cond=encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [dataset.captions[i] for i in idx]),
+                latents=to_host(encode_images(self.pipe.vae, dataset.images[idx])),
+                cond=to_host(encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, captions)),
             )
-        return self._encoded[key]
+        host = self._encoded[key]
+        return EncodedSamples(ids=key, latents=host.latents.to(self.device), cond=host.cond.to(self.device))
 
     def tensors(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """numpy adapter state -> tensors on this runtime's device and dtype."""

@@ -87,7 +87,10 @@ def test_a_client_round_runs_on_the_runtime_device(tiny_base, meta_runtime, monk
     assert check.meta_ops > 100  # the UNet really ran on meta
     for part in (meta_runtime.unet, meta_runtime.pipe.vae, meta_runtime.pipe.text_encoder):
         assert _all_on(part, "meta") == []
-    assert all(e.latents.is_meta and e.cond.is_meta for e in meta_runtime._encoded.values())
+    cached = list(meta_runtime._encoded.values())  # kept on the host between rounds, lent to the device
+    assert cached and all(e.latents.device.type == e.cond.device.type == "cpu" for e in cached)
+    lent = meta_runtime.encode(load_dataset(cfg.data), cached[0].ids)
+    assert lent.latents.is_meta and lent.cond.is_meta
     assert res.stats.steps == 2
     if method == "smp-lora":
         assert res.metrics["attacker_updates"] == 2.0
@@ -244,3 +247,11 @@ def test_attention_uses_pytorch_sdpa(tiny_base):
     runtime.unet.set_attn_processor(AttnProcessor())  # a folder saved with the classic processor
     use_sdpa(runtime.unet)
     assert all(isinstance(p, AttnProcessor2_0) for p in runtime.unet.attn_processors.values())
+
+
+def test_clients_can_share_a_gpu_through_ray(tiny_base):
+    """num_gpus_per_client = 0.25: Ray packs 4 clients on a GPU, each worker sees it ("auto" -> cuda)."""
+    from fedlora.simulation import backend_config
+
+    cfg = _cfg(tiny_base, **{"simulation.num_gpus_per_client": "0.25"})
+    assert backend_config(cfg)["client_resources"]["num_gpus"] == 0.25
