@@ -86,7 +86,7 @@ def _objective(cfg: ExperimentConfig, rt: BenchRuntime, side: int, gen: torch.Ge
         return LoraObjective()
     k = cfg.privacy.attacker_batch_size
     sets = AttackSets(*(_samples(k, side, gen, rt.device) for _ in range(4)))
-    batches = membership_batches(cast(ModelRuntime, rt), sets, gen, cfg.privacy)
+    batches = membership_batches(cast(ModelRuntime, rt), sets, gen, cfg.privacy, cfg.train.mixed_precision)
     return objective_class(cfg.train.method).build(cfg, 4 * side * side, batches, seed=0)
 
 
