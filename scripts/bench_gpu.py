@@ -171,13 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     for precision in precisions:
         for batch in batches:
             for method in args.methods:
-                row = run_case(rt, spec, method, batch, precision, steps, warmup)
-                row["fraction_of_bf16_peak"] = row["achieved_tflops"] / peak_tflops if peak_tflops else None
+                try:
+                    row = run_case(rt, spec, method, batch, precision, steps, warmup)
+                    row["fraction_of_bf16_peak"] = row["achieved_tflops"] / peak_tflops if peak_tflops else None
+                except torch.OutOfMemoryError:  # recorded, and the other cases still run
+                    row = {"method": method, "batch_size": batch, "precision": precision, "error": "out of memory"}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row))
-    lora = {(r["batch_size"], r["precision"]): r["steps_per_s"] for r in rows if r["method"] == "lora"}
+    lora = {
+        (r["batch_size"], r["precision"]): r["steps_per_s"] for r in rows if r["method"] == "lora" and "error" not in r
+    }
     for r in rows:
-        if r["method"] == "smp-lora" and (r["batch_size"], r["precision"]) in lora:
+        if r["method"] == "smp-lora" and "error" not in r and (r["batch_size"], r["precision"]) in lora:
             r["smp_over_lora_step_time"] = lora[(r["batch_size"], r["precision"])] / r["steps_per_s"]
     result = {
         "command": "python " + " ".join(sys.argv if argv is None else ["scripts/bench_gpu.py", *argv]),
