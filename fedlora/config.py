@@ -92,6 +92,12 @@ class TrainConfig:
     batch_size: int = setting(8, min=1)
     learning_rate: float = setting(1e-3, min=1e-12)
     max_grad_norm: float = setting(1.0, min=0.0)
+    # Autocast dtype of the training forward pass (fedlora/device.py); the LoRA factors, their
+    # gradients and AdamW's moments stay float32, and fp16 scales the loss (torch.amp.GradScaler).
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # Recompute the UNet's activations in the backward pass instead of keeping them: less memory
+    # for a 512-px SD-size UNet, about one more forward pass of time per step.
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,9 @@ class FederationConfig:
 class SimulationConfig:
     num_cpus_per_client: int = setting(1, min=1)
     num_gpus_per_client: float = setting(0.0, min=0.0)
+    # Where every model and tensor of a client round and of the audit lives (fedlora/device.py):
+    # "auto" = CUDA when the process sees a GPU (a Ray worker does when num_gpus_per_client > 0).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     ray_address: str = ""  # "" starts a private local Ray instance
     ray_num_cpus: int = setting(0, min=0)  # 0: all cores of this machine
     # Fault injection: "PARTITION@ROUND" makes that client raise during that round's training

@@ -15,6 +15,7 @@ import torch
 
 from .config import ExperimentConfig, PrivacyConfig
 from .data import load_dataset
+from .device import NO_MIXED, autocast
 from .evaluation.attacks.base import AttackSets
 from .evaluation.membership import attack_sets
 from .models.diffusion import loss_maps
@@ -33,19 +34,24 @@ def round_seed(*parts: int) -> int:
 
 
 def membership_batches(
-    runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator, privacy: PrivacyConfig | None = None
+    runtime: ModelRuntime,
+    sets: AttackSets,
+    gen: torch.Generator,
+    privacy: PrivacyConfig | None = None,
+    precision: str = NO_MIXED,
 ) -> MembershipBatches:
     """Loss maps for a proxy attacker: balanced random aux batches during the round, D_te after it (no grad).
 
     ``privacy`` says what the attacker sees (``attacker_features``, ``attacker_feature_draws``);
     the member batch's own features come from the objective (``ProxyAttackerObjective.features``).
+    ``precision`` (``train.mixed_precision``): the UNet passes run under the training step's autocast.
     """
     m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
     draws = privacy.attacker_feature_draws if privacy else 1
     reference = runtime.adapters_disabled if privacy and privacy.attacker_features == "calibrated" else None
 
     def maps(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(runtime.device, precision):
             got = [
                 loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen, reference=reference)
                 for _ in range(draws)
@@ -53,8 +59,8 @@ def membership_batches(
         return got[0] if draws == 1 else torch.stack(got).mean(0)
 
     def aux(k: int) -> LabelledMaps:
-        mi = torch.randint(0, len(m_aux), (k,), generator=gen)
-        ni = torch.randint(0, len(n_aux), (k,), generator=gen)
+        mi = torch.randint(0, len(m_aux), (k,), generator=gen).to(runtime.device)
+        ni = torch.randint(0, len(n_aux), (k,), generator=gen).to(runtime.device)
         latents = torch.cat([m_aux.latents[mi], n_aux.latents[ni]])
         cond = torch.cat([m_aux.cond[mi], n_aux.cond[ni]])
         return maps(latents, cond), membership_labels(k, k)
@@ -63,7 +69,7 @@ def membership_batches(
         both = torch.cat([maps(m_test.latents, m_test.cond), maps(n_test.latents, n_test.cond)])
         return both, membership_labels(len(m_test), len(n_test))
 
-    return MembershipBatches(aux=aux, test=test)
+    return MembershipBatches(aux=aux, test=test, device=runtime.device)
 
 
 @dataclass
@@ -120,7 +126,9 @@ def _client_round(
     seed = round_seed(cfg.run.seed, client_id, server_round)
     gen = torch.Generator().manual_seed(round_seed(seed, 1))
     batches = (
-        membership_batches(runtime, attack_sets(runtime, dataset, splits, [client_id]), gen, cfg.privacy)
+        membership_batches(
+            runtime, attack_sets(runtime, dataset, splits, [client_id]), gen, cfg.privacy, cfg.train.mixed_precision
+        )
         if objective_cls.needs_aux
         else None
     )

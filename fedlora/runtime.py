@@ -3,9 +3,9 @@
 A Ray worker serves many simulated clients; it loads the base pipeline once per (model, rank),
 attaches the adapter once, and caches each client's encoded samples, so a round costs only
 training. The server, ``fedlora evaluate`` and the loss tracker use the same runtime. It owns
-the device of the pipeline and of every tensor it makes, and the dtype of those it makes from
-arrays (CPU and float32 today). Adapter states cross its boundary as numpy arrays (what the rules
-and Flower's records hold); inside it they are tensors.
+the device of the pipeline and of every tensor it makes (``simulation.device``), and the dtype of
+those it makes from arrays (float32). Adapter states cross its boundary as numpy arrays (what the
+rules and Flower's records hold); inside it they are tensors on its device.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data import ImageDataset, Splits, load_dataset, make_splits
+from .device import resolve_device, to_host
 from .errors import ConfigError
 from .models.base import base_info, load_pipeline
 from .models.diffusion import (
@@ -64,17 +65,24 @@ class ModelRuntime:
     """Base pipeline + LoRA adapter + encoded samples, built once per process and config."""
 
     def __init__(
-        self, cfg: ExperimentConfig, rank: int | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        cfg: ExperimentConfig,
+        rank: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
     ):
+        """``device`` overrides ``simulation.device`` (the placement test passes "meta")."""
         model = cfg.model if rank is None else dataclasses.replace(cfg.model, lora_rank=rank)
-        self.device = torch.device(device)
+        self.device = resolve_device(cfg.simulation.device) if device is None else torch.device(device)
         self.dtype = dtype
         self.pipe = load_pipeline(model.base_model, cached=False)
         attach_lora(self.pipe.unet, model, seed=cfg.run.seed)
+        if cfg.train.gradient_checkpointing:
+            self.pipe.unet.enable_gradient_checkpointing()
+        self.initial: Arrays = self.get_lora()  # the run seed's adapter, the same on every client and device
         self.pipe.to(self.device)  # the weights stay in the dtype they were saved in (float32)
         self.scheduler = training_scheduler(self.pipe)
         self.base = BaseDeltas(self.pipe.unet)
-        self.initial: Arrays = self.get_lora()  # the run seed's adapter, the same on every client
         self.scaling = model.lora_alpha / model.lora_rank
         self._encoded: dict[tuple[str, ...], EncodedSamples] = {}
         self._empty_caption: torch.Tensor | None = None
@@ -85,15 +93,23 @@ class ModelRuntime:
         return self.pipe.unet
 
     def encode(self, dataset: ImageDataset, ids: Sequence[str]) -> EncodedSamples:
+        """The samples' latents and caption embeddings, on this runtime's device.
+
+        Encoded once (on the device) and cached on the host: a GPU holds a client's samples only
+        while the returned tensors are in use (its round), not those of every client it served.
+        On the CPU the cache and the returned tensors are the same ones.
+        """
         key = tuple(ids)
         if key not in self._encoded:
             idx = dataset.indices_of(key)
+            captions = [dataset.captions[i] for i in idx]
             self._encoded[key] = EncodedSamples(
                 ids=key,
-                latents=encode_images(self.pipe.vae, dataset.images[idx]),
-                cond=encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, [dataset.captions[i] for i in idx]),
+                latents=to_host(encode_images(self.pipe.vae, dataset.images[idx])),
+                cond=to_host(encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, captions)),
             )
-        return self._encoded[key]
+        host = self._encoded[key]
+        return EncodedSamples(ids=key, latents=host.latents.to(self.device), cond=host.cond.to(self.device))
 
     def tensors(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """numpy adapter state -> tensors on this runtime's device and dtype."""
@@ -157,7 +173,16 @@ def get_runtime(cfg: ExperimentConfig, rank: int | None = None) -> ModelRuntime:
     """The process's runtime for this model (and LoRA rank, default ``model.lora_rank``)."""
     rank = cfg.model.lora_rank if rank is None else rank
     m = cfg.model
-    key = (m.base_model, rank, m.lora_alpha, m.lora_targets, m.lora_a_init, cfg.run.seed)
+    key = (
+        m.base_model,
+        rank,
+        m.lora_alpha,
+        m.lora_targets,
+        m.lora_a_init,
+        cfg.run.seed,
+        cfg.simulation.device,
+        cfg.train.gradient_checkpointing,
+    )
     if key not in _RUNTIMES:
         _RUNTIMES[key] = ModelRuntime(cfg, rank)
     return _RUNTIMES[key]

@@ -1,4 +1,10 @@
-"""The LoRA training loop a client runs in its round: AdamW steps on the trainable factors."""
+"""The LoRA training loop a client runs in its round: AdamW steps on the trainable factors.
+
+Every tensor lives on the runtime's device. The (t, ε) draws and the batch order come from a
+CPU generator and are copied there, so a seed gives the same draws on any device. Under
+``train.mixed_precision`` the forward pass and the loss run in autocast; the LoRA factors, their
+gradients and the optimiser's moments stay float32.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .device import autocast, grad_scaler, to_float
 from .models.diffusion import SampleSet, squared_error_map
 from .privacy.objectives import Objective, StepBatch
 from .runtime import ModelRuntime
@@ -48,6 +55,8 @@ def _step_batch(
     t: torch.Tensor,
     gen: torch.Generator,
 ) -> StepBatch:
+    """The objective's extra draws run inside the step's autocast (the trainer calls ``loss`` there)."""
+
     def redraw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = torch.randn(z.shape, generator=gen).to(runtime.device)
         tt = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(z),), generator=gen).to(runtime.device)
@@ -77,6 +86,7 @@ def train_lora(
     unet = runtime.unet
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train.learning_rate)
+    scaler = grad_scaler(runtime.device, train.mixed_precision)
     gen = torch.Generator().manual_seed(seed)
     n = len(samples)
     order = torch.randperm(n, generator=gen)
@@ -89,19 +99,22 @@ def train_lora(
             order, cursor = torch.randperm(n, generator=gen), 0
         idx = order[cursor : cursor + min(train.batch_size, n)]
         cursor += len(idx)
-        z, c = samples.latents[idx], samples.cond[idx]
+        z, c = samples.latents[idx.to(samples.latents.device)], samples.cond[idx.to(samples.cond.device)]
         noise = torch.randn(z.shape, generator=gen).to(runtime.device)
         t = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(
             runtime.device
         )
-        err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
-        loss, metrics = objective.loss(err, _step_batch(runtime, z, c, noise, t, gen))
+        with autocast(runtime.device, train.mixed_precision):
+            err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
+            loss, metrics = objective.loss(err, _step_batch(runtime, z, c, noise, t, gen))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # the hook clips true gradients, not scaled ones
         hook(unet, params)
-        opt.step()
+        scaler.step(opt)  # skipped when fp16 gradients overflowed
+        scaler.update()
         metrics.update(objective.after_step())
-        losses.append(float(loss.detach()))
+        losses.append(to_float(loss.detach()))
         for k, v in metrics.items():
             extra.setdefault(k, []).append(v)
     unet.eval()

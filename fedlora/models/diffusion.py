@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..device import to_host
+
 
 class SampleSet(Protocol):
     """Encoded samples: latents and caption embeddings, one row each (the runtime's EncodedSamples)."""
@@ -29,7 +31,7 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return to_host(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)).numpy()
 
 
 @torch.no_grad()
@@ -83,17 +85,17 @@ def mean_denoising_loss(
     unet: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, draws: int, seed: int, batch_size: int = 64
 ) -> torch.Tensor:
     """Per-sample loss averaged over ``draws`` fixed (t, eps) pairs: comparable across rounds."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # draws on the CPU: the same numbers on any device
     n = len(latents)
-    total = torch.zeros(n)
+    total = torch.zeros(n, device=latents.device)
     for _ in range(draws):
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+        noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(latents.device)
         for i in range(0, n, batch_size):
             sl = slice(i, i + batch_size)
             err = squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
-            total[sl] += err.mean(dim=(1, 2, 3)).cpu()
-    return total / draws
+            total[sl] += err.mean(dim=(1, 2, 3))
+    return to_host(total / draws)
 
 
 @torch.no_grad()

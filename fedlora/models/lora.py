@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
+from ..device import to_host
 
 LORA_A, LORA_B = "lora_A", "lora_B"
 ADAPTER_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -104,7 +105,7 @@ class BaseDeltas:
                 self.layers[prefix].base_layer.weight.copy_(self.original[prefix])
             for prefix, delta in deltas.items():
                 weight = self.layers[prefix].base_layer.weight
-                d = torch.as_tensor(np.asarray(delta), dtype=torch.float64).reshape(weight.shape)
+                d = torch.as_tensor(np.asarray(delta), dtype=torch.float64).reshape(weight.shape).to(weight.device)
                 weight.copy_((self.original[prefix].double() + d).to(weight.dtype))
         self.applied = set(deltas)
 
@@ -126,7 +127,7 @@ def lora_state(unet: Any) -> dict[str, torch.Tensor]:
     """Only the adapter tensors, fp32 on CPU (Flower's ArrayRecord cannot carry bf16)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+    return {k: to_host(v).float().clone() for k, v in get_peft_model_state_dict(unet).items()}
 
 
 def load_lora_state(unet: Any, state: Mapping[str, torch.Tensor]) -> None:

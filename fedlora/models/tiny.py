@@ -43,7 +43,7 @@ def char_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer() -> Any:
+def build_tokenizer(max_tokens: int = MAX_TOKENS) -> Any:
     """A CLIPTokenizer over single characters: any caption tokenizes, nothing is fetched."""
     from transformers import CLIPTokenizer
 
@@ -51,7 +51,7 @@ def build_tokenizer() -> Any:
         vocab, merges = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
         vocab.write_text(json.dumps(char_vocab()))
         merges.write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(vocab), str(merges), model_max_length=MAX_TOKENS)
+        return CLIPTokenizer(str(vocab), str(merges), model_max_length=max_tokens)
 
 
 def build_tiny_pipeline(spec: TinyLDMSpec = TinyLDMSpec(), seed: int = 0) -> Any:

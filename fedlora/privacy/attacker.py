@@ -2,8 +2,9 @@
 
 The same architecture serves as each client's proxy attacker h_omega during SMP-LoRA
 training and as the evaluation's fresh attacker h' (paper: [512, 256, 2], ReLU, dropout
-0.5, softmax). Class 1 is "member". Its state, Adam moments included, round-trips through
-a flat ``{name: tensor}`` dict so that Flower's ``context.state`` can keep it across rounds.
+0.5, softmax). Class 1 is "member". It lives on the device of the loss maps it sees (the
+runtime's); its state, Adam moments included, round-trips through a flat ``{name: tensor}`` dict
+of CPU tensors so that Flower's ``context.state`` can keep it across rounds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..device import to_float, to_host
 
 HIDDEN = (512, 256)
 MEMBER, NONMEMBER = 1, 0
@@ -60,38 +63,50 @@ def member_cross_entropy(attacker: MembershipMLP, loss_map: torch.Tensor) -> tor
 class ProxyAttacker:
     """h_omega with its Adam optimiser, trained by CE on balanced member / non-member batches."""
 
-    def __init__(self, in_features: int, lr: float, weight_decay: float, dropout: float, seed: int):
+    def __init__(
+        self,
+        in_features: int,
+        lr: float,
+        weight_decay: float,
+        dropout: float,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ):
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        self.model = MembershipMLP(in_features, dropout)
+        self.model = MembershipMLP(in_features, dropout)  # drawn on the CPU: the same init on any device
         torch.random.set_rng_state(gen_state)
+        self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.updates = 0
 
     def step(self, loss_maps: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One ascent step on G (= one descent step on the CE)."""
         self.model.train()
-        logits = self.model(loss_maps.detach())
+        logits = self.model(loss_maps.detach().float())
+        labels = labels.to(logits.device)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.updates += 1
         acc = (logits.argmax(1) == labels).float().mean()
-        return {"attacker_ce": float(loss.detach()), "attacker_acc": float(acc)}
+        return {"attacker_ce": to_float(loss.detach()), "attacker_acc": to_float(acc)}
 
     @torch.no_grad()
     def accuracy(self, loss_maps: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.eval()
-        acc = (self.model(loss_maps).argmax(1) == labels).float().mean()
+        logits = self.model(loss_maps.float())
+        acc = (logits.argmax(1) == labels.to(logits.device)).float().mean()
         self.model.train()
-        return float(acc)
+        return to_float(acc)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {_NET_PREFIX + k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """CPU copies (``load_state_dict`` moves them to the attacker's device)."""
+        out = {_NET_PREFIX + k: to_host(v).clone() for k, v in self.model.state_dict().items()}
         for idx, slot in self.optimizer.state_dict()["state"].items():
             for name, value in slot.items():
-                out[f"{_OPT_PREFIX}{idx}.{name}"] = torch.as_tensor(value).detach().clone()
+                out[f"{_OPT_PREFIX}{idx}.{name}"] = to_host(torch.as_tensor(value)).clone()
         out["updates"] = torch.tensor(self.updates, dtype=torch.int64)
         return out
 

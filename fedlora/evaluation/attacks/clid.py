@@ -14,7 +14,7 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, AttackTarget, SampleSet
-from .diffusion import Reference, alphas, batches, device_of, eval_mode, noised, timestep_attack
+from .diffusion import Reference, alphas, batches, device_of, eval_mode, host_scores, noised, timestep_attack
 
 KEY = "evaluation.clid_timesteps"
 SEED_OFFSET = 13  # this attack's own ε draws: the audit seed + 13
@@ -24,7 +24,7 @@ def _loss(unet: object, x_t: torch.Tensor, t: int, cond: torch.Tensor, eps: torc
     device, dtype = device_of(unet)
     ts = torch.full((len(x_t),), int(t), dtype=torch.long, device=device)
     pred = unet(x_t.to(device, dtype), ts, encoder_hidden_states=cond.to(device, dtype)).sample  # type: ignore[operator]
-    return (pred.float() - eps.to(device)).pow(2).flatten(1).mean(1).cpu()
+    return (pred.float() - eps.to(device)).pow(2).flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -35,19 +35,20 @@ def clid_scores(model: AttackTarget, samples: SampleSet, timesteps: Sequence[int
     caption's effect; the same seed gives the same draws under any model (calibration).
     """
     unet, a = model.unet, alphas(model)
+    device = device_of(unet)[0]
     out = np.zeros((len(timesteps), len(samples)))
     with eval_mode(unet):
         for i, t in enumerate(timesteps):
-            gen = torch.Generator().manual_seed(seed * 1009 + int(t))
+            gen = torch.Generator().manual_seed(seed * 1009 + int(t))  # CPU draws: the same ε on any device
             noise = torch.randn((draws, *samples.latents.shape), generator=gen)
             for sl in batches(len(samples)):
-                x0, c = samples.latents[sl].float().cpu(), samples.cond[sl]
+                x0, c = samples.latents[sl].float().to(device), samples.cond[sl]
                 null = model.empty_caption(len(x0))
-                total = torch.zeros(len(x0), dtype=torch.float64)
-                for eps in noise[:, sl]:
+                total = torch.zeros(len(x0), dtype=torch.float64, device=device)
+                for eps in noise[:, sl].to(device):
                     x_t = noised(a, x0, eps, int(t))
                     total += (_loss(unet, x_t, t, null, eps) - _loss(unet, x_t, t, c, eps)).double()
-                out[i, sl] = (total / draws).numpy()
+                out[i, sl] = host_scores(total / draws)
     return out
 
 

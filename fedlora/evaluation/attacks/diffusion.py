@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ...device import to_host
 from ..leakage import best_threshold
 from .base import AttackResult, AttackSets, SampleSet, attack_result, calibrated, labelled
 
@@ -47,7 +48,9 @@ def eval_mode(unet: Any) -> Iterator[None]:
 
 
 def alphas(model: DiffusionModel) -> torch.Tensor:
-    return model.scheduler.alphas_cumprod.double().cpu()
+    """ᾱ_t as float64 on the CPU, from the schedule's config (the scheduler's own copy follows the
+    device of its last ``add_noise``; the attacks read single values of it)."""
+    return type(model.scheduler).from_config(model.scheduler.config).alphas_cumprod.double()
 
 
 def num_timesteps(model: DiffusionModel) -> int:
@@ -74,11 +77,16 @@ def device_of(unet: Any) -> tuple[torch.device, torch.dtype]:
 
 
 def eps_theta(unet: Any, x: torch.Tensor, t: int | torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """ε_θ(x, t, c) for one batch; ``t`` a shared int or one per sample. Returns CPU float."""
+    """ε_θ(x, t, c) for one batch; ``t`` a shared int or one per sample. Float32 on the UNet's device."""
     device, dtype = device_of(unet)
     t = t.long() if torch.is_tensor(t) else torch.full((len(x),), int(t), dtype=torch.long)
     out = unet(x.to(device, dtype), t.to(device), encoder_hidden_states=cond.to(device, dtype)).sample
-    return out.float().cpu()
+    return out.float()
+
+
+def host_scores(scores: torch.Tensor) -> np.ndarray:
+    """Per-sample scores computed on the device -> float64 numpy (where AUCs and thresholds are fitted)."""
+    return to_host(scores.double()).numpy()
 
 
 def noised(alphas_cumprod: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...device import to_host
 from ...models.lora import LORA_A, LORA_B
 from ...registry import ATTACKS
 from ..leakage import best_threshold
@@ -50,11 +51,12 @@ def gradient_norm_features(
     ts = torch.tensor([int(t) for t in timesteps], dtype=torch.long)
     a = a_bar[ts].float().view(-1, *([1] * (samples.latents.dim() - 1)))
     out = np.zeros((len(samples), len(params)))
+    device, dtype = device_of(unet)
+    a, ts = a.to(device), ts.to(device)
     try:
         for n, p in unet.named_parameters():
             p.requires_grad_(n in wanted)
         with eval_mode(unet), torch.enable_grad():
-            device, dtype = device_of(unet)
             bar = tqdm(
                 range(len(samples)),
                 desc="gradient-norm",
@@ -64,13 +66,14 @@ def gradient_norm_features(
                 disable=not progress or len(samples) * len(ts) < 2000,
             )
             for i in bar:
-                x0 = samples.latents[i].float().cpu().expand(len(ts), *samples.latents.shape[1:])
-                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise[i]
+                eps = noise[i].to(device)  # drawn on the CPU: the same ε on any device
+                x0 = samples.latents[i].float().to(device).expand(len(ts), *samples.latents.shape[1:])
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
                 cond = samples.cond[i].expand(len(ts), *samples.cond.shape[1:])
-                pred = unet(xt.to(device, dtype), ts.to(device), encoder_hidden_states=cond.to(device, dtype)).sample
-                loss = (pred.float() - noise[i].to(device)).pow(2).mean()
+                pred = unet(xt.to(dtype), ts, encoder_hidden_states=cond.to(device, dtype)).sample
+                loss = (pred.float() - eps).pow(2).mean()
                 grads = torch.autograd.grad(loss, [p for _, p in params])
-                out[i] = torch.stack([g.detach().float().norm() for g in grads]).cpu().double().numpy()
+                out[i] = to_host(torch.stack([g.detach().float().norm() for g in grads])).double().numpy()
     finally:
         for n, p in unet.named_parameters():
             p.requires_grad_(flags[n])

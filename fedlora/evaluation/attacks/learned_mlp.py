@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ...config import EvaluationConfig
+from ...device import to_host
 from ...privacy.attacker import MembershipMLP, membership_labels
 from ...registry import ATTACKS
 from ..leakage import best_threshold
@@ -35,9 +36,9 @@ REFERENCE = "Luo et al., AAAI 2025 (arXiv 2402.11989), Sec. 5"
 class _MlpRun:
     """One h′ being trained."""
 
-    def __init__(self, in_features: int, cfg: EvaluationConfig, seed: int):
+    def __init__(self, in_features: int, cfg: EvaluationConfig, seed: int, device: torch.device):
         torch.manual_seed(seed)
-        self.model = MembershipMLP(in_features)
+        self.model = MembershipMLP(in_features).to(device)  # drawn on the CPU: the same init on any device
         self.opt = torch.optim.Adam(
             self.model.parameters(), lr=cfg.attack_learning_rate, weight_decay=cfg.attack_weight_decay
         )
@@ -50,6 +51,7 @@ class _MlpRun:
         n = max(len(member_maps), len(nonmember_maps))
         mi = _cycled_permutation(len(member_maps), n, gen)
         ni = _cycled_permutation(len(nonmember_maps), n, gen)
+        mi, ni = mi.to(member_maps.device), ni.to(nonmember_maps.device)
         for i in range(0, n, batch):
             x = torch.cat([member_maps[mi[i : i + batch]], nonmember_maps[ni[i : i + batch]]])
             y = membership_labels(len(mi[i : i + batch]), len(ni[i : i + batch])).to(x.device)
@@ -61,7 +63,7 @@ class _MlpRun:
     @torch.no_grad()
     def scores(self, maps: torch.Tensor) -> np.ndarray:
         self.model.eval()
-        return self.model.member_score(maps).cpu().numpy().astype(np.float64)
+        return to_host(self.model.member_score(maps)).numpy().astype(np.float64)
 
 
 def _cycled_permutation(size: int, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -85,14 +87,15 @@ def learned_mlp_attacks(
 ) -> dict[str, AttackResult]:
     """Train h′ for ``cfg.attack_epochs`` epochs; return the paper's and/or the honest selection."""
     gen = torch.Generator().manual_seed(seed)
+    device = sets.member_aux.latents.device  # where the target computes its loss maps
     m_aux, n_aux = sets.member_aux, sets.nonmember_aux
-    m_fit, m_val = _split_val(len(m_aux), cfg.attack_val_fraction, gen)
-    n_fit, n_val = _split_val(len(n_aux), cfg.attack_val_fraction, gen)
+    m_fit, m_val = (i.to(device) for i in _split_val(len(m_aux), cfg.attack_val_fraction, gen))
+    n_fit, n_val = (i.to(device) for i in _split_val(len(n_aux), cfg.attack_val_fraction, gen))
     test = Samples.concat([sets.member_test, sets.nonmember_test])
     test_member = membership_labels(len(sets.member_test), len(sets.nonmember_test)).numpy().astype(bool)
     val_member = membership_labels(len(m_val), len(n_val)).numpy().astype(bool)
     in_features = sets.member_aux.latents[0].numel()
-    runs = {name: _MlpRun(in_features, cfg, seed + i) for i, name in enumerate((PAPER, HONEST)) if name in want}
+    runs = {name: _MlpRun(in_features, cfg, seed + i, device) for i, name in enumerate((PAPER, HONEST)) if name in want}
     paper_history: list[np.ndarray] = []
     honest_history: list[tuple[float, float, float, np.ndarray, np.ndarray]] = []
 

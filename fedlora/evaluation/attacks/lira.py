@@ -12,6 +12,7 @@ fixes the threshold on aux. Opt-in: it costs K extra fine-tunes per audited view
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ...registry import ATTACKS
 from ..leakage import best_threshold
@@ -59,7 +60,8 @@ def lira_attack(ctx: AttackContext) -> AttackResult:
     shadow_aux = np.zeros((shadows, len(aux)))
     shadow_test = np.zeros((shadows, len(test)))
     for k in range(shadows):
-        train = Samples(aux.latents[inside[k]], aux.cond[inside[k]])
+        rows = torch.from_numpy(np.flatnonzero(inside[k])).to(aux.latents.device)  # on the samples' device
+        train = Samples(aux.latents[rows], aux.cond[rows])
         with ctx.shadow(train, seed + 1 + k):
             shadow_aux[k], shadow_test[k] = log_loss(aux), log_loss(test)
     both = np.concatenate([shadow_aux, shadow_test], axis=1)

@@ -9,7 +9,18 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, Reference, alphas, batches, eps_theta, eval_mode, noised, timestep_attack
+from .diffusion import (
+    DiffusionModel,
+    Reference,
+    alphas,
+    batches,
+    device_of,
+    eps_theta,
+    eval_mode,
+    host_scores,
+    noised,
+    timestep_attack,
+)
 
 
 @torch.no_grad()
@@ -21,14 +32,15 @@ def pia_scores(model: DiffusionModel, samples: SampleSet, timesteps: Sequence[in
     ε_0 is computed once for all t (2 queries per t, as in the paper).
     """
     unet, a = model.unet, alphas(model)
+    device = device_of(unet)[0]
     out = np.zeros((len(timesteps), len(samples)))
     with eval_mode(unet):
         for sl in batches(len(samples)):
-            x0, c = samples.latents[sl].float(), samples.cond[sl]
+            x0, c = samples.latents[sl].float().to(device), samples.cond[sl]
             eps0 = eps_theta(unet, x0, 0, c)
             for i, t in enumerate(timesteps):
                 err = eps_theta(unet, noised(a, x0, eps0, t), t, c) - eps0
-                out[i, sl] = -err.abs().pow(p).flatten(1).sum(1).double().numpy()
+                out[i, sl] = host_scores(-err.abs().pow(p).flatten(1).sum(1))
     return out
 
 

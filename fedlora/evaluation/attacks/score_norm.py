@@ -9,7 +9,17 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, Reference, batches, eps_theta, eval_mode, multi_timestep_attack, timestep_attack
+from .diffusion import (
+    DiffusionModel,
+    Reference,
+    batches,
+    device_of,
+    eps_theta,
+    eval_mode,
+    host_scores,
+    multi_timestep_attack,
+    timestep_attack,
+)
 
 KEY = "evaluation.score_norm_timesteps"
 
@@ -24,12 +34,13 @@ def score_norm_scores(
     small on a training sample. One query per t; returns (len(timesteps), N).
     """
     unet = model.unet
+    device = device_of(unet)[0]
     out = np.zeros((len(timesteps), len(samples)))
     with eval_mode(unet):
         for sl in batches(len(samples)):
-            x0, c = samples.latents[sl].float(), samples.cond[sl]
+            x0, c = samples.latents[sl].float().to(device), samples.cond[sl]
             for i, t in enumerate(timesteps):
-                out[i, sl] = -eps_theta(unet, x0, t, c).abs().pow(p).flatten(1).sum(1).double().numpy()
+                out[i, sl] = host_scores(-eps_theta(unet, x0, t, c).abs().pow(p).flatten(1).sum(1))
     return out
 
 

@@ -9,7 +9,18 @@ import torch
 
 from ...registry import ATTACKS
 from .base import AttackContext, AttackResult, AttackSets, SampleSet
-from .diffusion import DiffusionModel, Reference, alphas, batches, eps_theta, eval_mode, num_timesteps, timestep_attack
+from .diffusion import (
+    DiffusionModel,
+    Reference,
+    alphas,
+    batches,
+    device_of,
+    eps_theta,
+    eval_mode,
+    host_scores,
+    num_timesteps,
+    timestep_attack,
+)
 
 KEY = "evaluation.secmi_timesteps"
 
@@ -44,15 +55,16 @@ def secmi_scores(model: DiffusionModel, samples: SampleSet, t_sec: int = 100, k:
     unet, a = model.unet, alphas(model)
     grid, up = secmi_grid(t_sec, k)
     t_e = grid[-1]
+    device = device_of(unet)[0]
     out = np.zeros(len(samples))
     with eval_mode(unet):
         for sl in batches(len(samples)):
-            x, c = samples.latents[sl].float(), samples.cond[sl]
+            x, c = samples.latents[sl].float().to(device), samples.cond[sl]
             for t_from, t_to in zip(grid[:-1], grid[1:]):
                 x = ddim_step(x, eps_theta(unet, x, t_from, c), float(a[t_from]), float(a[t_to]))
             x_up = ddim_step(x, eps_theta(unet, x, t_e, c), float(a[t_e]), float(a[up]))
             x_back = ddim_step(x_up, eps_theta(unet, x_up, up, c), float(a[up]), float(a[t_e]))
-            out[sl] = -(x_back - x).pow(2).flatten(1).sum(1).double().numpy()
+            out[sl] = host_scores(-(x_back - x).pow(2).flatten(1).sum(1))
     return out
 
 

@@ -41,6 +41,7 @@ class MembershipBatches:
 
     aux: Callable[[int], LabelledMaps]  # k random D^m_aux and k random D^nm_aux maps
     test: Callable[[], LabelledMaps]  # the client's whole D_te, once after the round
+    device: torch.device = torch.device("cpu")  # where the maps are (the proxy attacker lives there too)
 
 
 class Objective(ABC):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...device import to_float
 from ...registry import OBJECTIVES
 from .base import Objective, StepBatch
 
@@ -12,4 +13,4 @@ from .base import Objective, StepBatch
 class LoraObjective(Objective):
     def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         loss = err.mean()
-        return loss, {"loss_ada": float(loss.detach())}
+        return loss, {"loss_ada": to_float(loss.detach())}

@@ -18,6 +18,7 @@ from abc import abstractmethod
 import torch
 
 from ...config import ExperimentConfig, PrivacyConfig
+from ...device import to_float
 from ..attacker import ProxyAttacker, member_cross_entropy
 from .base import MembershipBatches, Objective, StepBatch
 
@@ -43,6 +44,7 @@ class ProxyAttackerObjective(Objective):
             weight_decay=p.attacker_weight_decay,
             dropout=p.attacker_dropout,
             seed=seed,
+            device=batches.device,
         )
         return cls(p, attacker, batches)
 
@@ -65,7 +67,7 @@ class ProxyAttackerObjective(Objective):
     def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         l_ada, seen = self.features(err, batch)
         gain = -member_cross_entropy(self.attacker.model, seen)
-        return self.combine(l_ada, gain), {"loss_ada": float(l_ada.detach()), "mi_gain": float(gain.detach())}
+        return self.combine(l_ada, gain), {"loss_ada": to_float(l_ada.detach()), "mi_gain": to_float(gain.detach())}
 
     def after_step(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
