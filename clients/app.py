@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -39,6 +39,8 @@ from fedlora.protocol import (
     ORACLE_STATE,
     PARTITION_ID,
     PAYLOAD_KEYS,
+    PLACEMENT,
+    RAY_NODE_ID,
     RULE_STATE,
     SECAGG_CLIPPED,
     SECAGG_MAX_WEIGHT,
@@ -47,6 +49,7 @@ from fedlora.protocol import (
     integer,
 )
 from fedlora.secure_aggregation import SecAggSettings
+from fedlora.simulation import ray_node_id
 
 
 def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
@@ -115,7 +118,11 @@ def train(msg: Message, context: Context) -> Message:
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
-    return Message(RecordDict({ARRAYS: record_of(arrays), METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({ARRAYS: record_of(arrays), METRICS: MetricRecord(metrics)})
+    node = ray_node_id()
+    if node is not None:  # which machine of a Ray cluster trained it (member-independent)
+        content[PLACEMENT] = ConfigRecord({RAY_NODE_ID: node})
+    return Message(content, reply_to=msg)
 
 
 def secure_train(msg: Message, context: Context) -> Message:

@@ -42,6 +42,7 @@ class RoundRecord:
     failures: list[str] | None = None  # "partition P: reason" per failed (or missing) reply
     rejected: list[str] | None = None  # "partition P: kind: detail" per update the server left out
     clients: dict[str, dict[str, Any]] | None = None  # partition id -> its reply metrics
+    ray_nodes: dict[str, str] | None = None  # partition id -> the Ray node that trained it (simulation)
     bytes_up_per_client: float | None = None
     bytes_eval_only_per_client: float | None = None  # arrays sent for the audit only (FedSA's B)
     # serialised message contents, every protocol message of the round (SecAgg+: its four stages)

@@ -32,11 +32,27 @@ def bind_private_ray_to_localhost() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def ray_node_id() -> str | None:
+    """The id of the Ray node this process runs on, if it is a Ray worker (a simulated client)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def on_loopback(cfg: ExperimentConfig) -> bool:
+    """A private Ray, or a cluster whose head is on 127.0.0.1 (all its nodes on this machine; a Ray Client
+    ``ray://`` address runs the driver remotely and is not one)."""
+    address = cfg.simulation.ray_address
+    return not address or address.rsplit(":", 1)[0] in (LOCALHOST, "localhost")
+
+
 def backend_config(cfg: ExperimentConfig) -> dict:
     """Client resources and ``ray.init`` arguments; a private Ray on 127.0.0.1 unless an address is given."""
     init_args: dict = {"address": cfg.simulation.ray_address or "local"}
-    if not cfg.simulation.ray_address:
+    if on_loopback(cfg):  # the driver's node is 127.0.0.1 too, not the machine's routable address
         init_args["_node_ip_address"] = LOCALHOST
+    if not cfg.simulation.ray_address:
         if cfg.simulation.ray_num_cpus:
             init_args["num_cpus"] = cfg.simulation.ray_num_cpus
     return {
@@ -56,7 +72,7 @@ def run_experiment(cfg: ExperimentConfig, result: dict | None = None, resume: Pa
     Ctrl-C stops after the round in flight and raises ``RunInterrupted`` (fedlora.interrupt).
     """
     preflight(cfg)
-    if not cfg.simulation.ray_address:
+    if on_loopback(cfg):
         bind_private_ray_to_localhost()
     from flwr.simulation import run_simulation
 

@@ -31,6 +31,8 @@ from fedlora.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    PLACEMENT,
+    RAY_NODE_ID,
     STATE_DIR,
     integer,
     number,
@@ -155,6 +157,12 @@ class LoraStrategy(FedAvg):
         entry.clients = {
             str(integer(m, PARTITION_ID)): {k: v for k, v in m.items() if k != PARTITION_ID} for m in replies
         }
+        nodes = {
+            str(integer(c.metric_records[METRICS], PARTITION_ID)): str(c.config_records[PLACEMENT][RAY_NODE_ID])
+            for c in contents
+            if PLACEMENT in c.config_records and RAY_NODE_ID in c.config_records[PLACEMENT]
+        }
+        entry.ray_nodes = nodes or None
         entry.bytes_up_per_client = float(np.mean(up_bytes))
         if eval_bytes:
             entry.bytes_eval_only_per_client = float(np.mean(eval_bytes))
