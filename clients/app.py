@@ -1,7 +1,10 @@
 """Flower ClientApp (Message API): a thin adapter over ``fedlora.local_training``.
 
 The experiment config arrives in every train message, so a client needs nothing but its
-partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``).
+partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``). With
+``data.dataset = "silo"`` (deployment) it also reads its own image folder from its node config
+(``data-path``, ``fedlora.data.silo``), tells the server only its split sizes, and audits the
+final global model on its own splits (``evaluate``), replying with metrics only.
 Per-client state that must outlive a round (the objective's proxy attacker, the rule's kept
 factors, the DP accountant) lives in ``context.state``. Records are converted to arrays once,
 here, on the way in and on the way out.
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -22,16 +25,22 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedlora import checkpoint
 from fedlora.config import ExperimentConfig, loads_config
+from fedlora.data import SiloData, load_silo, uses_silo_data
+from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail
 from fedlora.local_training import ClientRoundResult, client_round, round_seed
+from fedlora.models.lora import ModelView
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
     ARRAYS,
+    AUDIT_NOTES,
     CLIENT_STATE,
     CONFIG,
     CONFIG_KEY,
+    DELTA_PREFIX,
     DP_STATE,
     EVAL_ONLY_PREFIX,
+    LORA_PREFIX,
     METRICS,
     NUM_EXAMPLES,
     OBJECTIVE_STATE,
@@ -46,6 +55,7 @@ from fedlora.protocol import (
     UPLOAD_KEYS,
     integer,
 )
+from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings
 
 
@@ -91,11 +101,21 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
+def silo_of(cfg: ExperimentConfig, context: Context) -> SiloData | None:
+    """This node's own data when the run uses per-silo data (its node config names the folder)."""
+    return load_silo(context.node_config, cfg) if uses_silo_data(cfg) else None
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The partition id; with the oracle flag (simulation only), also the last plain upload."""
+    """The partition id (and, for a per-silo run, the split sizes: all the server learns of the data);
+    with the oracle flag (simulation only), also the last plain upload."""
     metrics = MetricRecord({PARTITION_ID: partition_id(context)})
     config = msg.content.config_records.get(CONFIG)
+    if config is not None and CONFIG_KEY in config:
+        silo = silo_of(loads_config(str(config[CONFIG_KEY])), context)  # a bad data-path fails discovery
+        if silo is not None:
+            metrics.update(silo.counts())
     if config is not None and config.get(ORACLE) and ORACLE_STATE in context.state:
         return Message(RecordDict({ARRAYS: context.state.array_records[ORACLE_STATE], METRICS: metrics}), reply_to=msg)
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
@@ -160,6 +180,26 @@ def secure_train(msg: Message, context: Context) -> Message:
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """A per-silo run's audit: attack the global model sent here on this silo's own splits, reply metrics only."""
+    cfg = loads_config(str(msg.content.config_records[CONFIG][CONFIG_KEY]))
+    silo = silo_of(cfg, context)
+    if silo is None:
+        raise ValueError(f"an audit request for a run whose data.dataset = {cfg.data.dataset!r}; only 'silo' runs ask")
+    torch.set_num_threads(cfg.simulation.num_cpus_per_client)
+    arrays = arrays_of(msg.content.array_records[ARRAYS])
+    lora = {k[len(LORA_PREFIX) :]: v for k, v in arrays.items() if k.startswith(LORA_PREFIX)}
+    deltas = {k[len(DELTA_PREFIX) :]: v for k, v in arrays.items() if k.startswith(DELTA_PREFIX)}
+    view = ModelView(lora=lora or None, deltas=deltas or None)
+    pid = partition_id(context)
+    audit, notes = audit_silo(cfg, get_runtime(cfg), silo, view, pid)
+    metrics: dict[str, Any] = {PARTITION_ID: pid, **silo.counts(), **audit}
+    return Message(
+        RecordDict({METRICS: MetricRecord(metrics), AUDIT_NOTES: ConfigRecord(dict(notes.items()))}), reply_to=msg
+    )
+
+
 PERSISTENT = (OBJECTIVE_STATE, RULE_STATE, DP_STATE)  # array records that outlive a round; CLIENT_STATE: counts
 
 
@@ -208,6 +248,7 @@ def train_locally(
         objective_state=tensors(OBJECTIVE_STATE),
         kept=arrays_of(state.array_records[RULE_STATE]) if RULE_STATE in state else None,
         dp_state=tensors(DP_STATE),
+        silo=silo_of(cfg, context),
     )
     if result.objective_state:
         state[OBJECTIVE_STATE] = ArrayRecord(result.objective_state)

@@ -22,6 +22,20 @@ SECAGG_CLIPPED = "secagg_clipped"  # reply metric: how many of the client's valu
 ORACLE = "fedlora-oracle"  # query flag: return the last plain upload (simulation's oracle only)
 ORACLE_STATE = "oracle-upload"  # where a client keeps that upload
 STATE_DIR = "fedlora-state-dir"  # simulation: where clients save their persistent state for a resume
+# Per-silo data (deployment, data.dataset = "silo"): node_config keys each SuperNode is started with
+DATA_PATH = "data-path"  # the silo's image folder (metadata.jsonl or .txt captions)
+SILO_MEMBERS = "members"  # how many of its images the silo trains on (default: data.members_per_client)
+SILO_NONMEMBERS = "nonmembers"  # how many it holds out for the audit (default: data.nonmembers_per_client)
+SILO_SPLIT_SEED = "split-seed"  # the seed of its local split (default: from run.seed and partition id)
+SILO_ON_BAD_IMAGE = "on-bad-image"  # "error" or "skip" (default: data.on_bad_image)
+SILO_NODE_KEYS = (DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_SPLIT_SEED, SILO_ON_BAD_IMAGE)
+SILO_COUNT_PREFIX = "silo-"  # query reply metrics: the silo's split sizes (all the server learns of its data)
+AUDIT_PREFIX = "audit/"  # evaluate reply metrics: "audit/<attack>/<metric>", a silo's audit of the global model
+AUDIT_NOTES = "audit-notes"  # evaluate reply ConfigRecord: "<attack>/<metric>" -> why it is not measurable
+AUDIT_WITHHELD = "audit-withheld"  # evaluate reply metric: 1 when the silo's DP mode keeps its audit metrics in
+LORA_PREFIX = "lora/"  # evaluate message arrays: the global model's adapter ...
+DELTA_PREFIX = "delta/"  # ... and its dense deltas (rules whose global model is no rank-r LoRA)
+OUTPUT_DIR = "output-dir"  # run config (flwr run --run-config): where the run folder goes, absolute
 
 
 def number(record: Mapping[str, Any], key: str) -> float:

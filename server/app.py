@@ -18,13 +18,28 @@ from tqdm.auto import tqdm
 
 from fedlora import checkpoint, interrupt
 from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.data import uses_silo_data
+from fedlora.evaluation.silo import silo_audits, summarise_silo_audits
 from fedlora.evaluation.tracking import LossTracker
 from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
-from fedlora.outputs import SPLITS_FILE, RunOutputs
+from fedlora.outputs import SILOS_FILE, SPLITS_FILE, RunOutputs
 from fedlora.preflight import preflight
 from fedlora.privacy.dp import build_dp_mode
-from fedlora.protocol import CONFIG, METRICS, PARTITION_ID, integer
+from fedlora.protocol import (
+    ARRAYS,
+    AUDIT_NOTES,
+    AUDIT_WITHHELD,
+    CONFIG,
+    CONFIG_KEY,
+    DELTA_PREFIX,
+    LORA_PREFIX,
+    METRICS,
+    OUTPUT_DIR,
+    PARTITION_ID,
+    SILO_COUNT_PREFIX,
+    integer,
+)
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import build_rule
@@ -41,17 +56,45 @@ logger = logging.getLogger("fedlora")
 
 
 def config_from_run_config(run_config: Any) -> ExperimentConfig:
-    """``flwr run`` path: ``config`` names a TOML (relative to the app), ``overrides`` adds k=v pairs."""
+    """``flwr run`` path: ``config`` names a TOML (relative to the app), ``overrides`` adds k=v pairs.
+
+    ``output-dir`` (an absolute path on the SuperLink's host) sets ``run.output_dir``: the ServerApp
+    runs in the SuperLink's working directory, where a relative folder would otherwise land."""
     name = str(run_config.get("config", "configs/default.toml"))
     path = Path(name)
     if not path.is_absolute() and not path.exists():
         path = PROJECT_ROOT / name
     overrides = [o for o in str(run_config.get("overrides", "")).split() if o]
-    return load_config(path, overrides)
+    output_dir = str(run_config.get(OUTPUT_DIR, ""))
+    if output_dir:
+        if not Path(output_dir).expanduser().is_absolute():
+            raise ConfigError(
+                f"run config {OUTPUT_DIR!r} = {output_dir!r} must be an absolute path on the SuperLink's host"
+            )
+        overrides.append(f"run.output_dir={str(Path(output_dir).expanduser())!r}")
+    cfg = load_config(path, overrides)
+    if not Path(cfg.run.output_dir).is_absolute():
+        logger.warning(
+            "run.output_dir = %r is relative: the run folder goes under the SuperLink's working directory %s "
+            "(pass --run-config \"%s='/abs/path'\" to choose)",
+            cfg.run.output_dir,
+            Path.cwd(),
+            OUTPUT_DIR,
+        )
+    return cfg
 
 
-def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEOUT_S) -> dict[int, int]:
-    """Wait for all nodes, then ask each for its partition id: node id -> partition id."""
+def discover_clients(
+    grid: Grid,
+    expected: int,
+    timeout: float = DISCOVERY_TIMEOUT_S,
+    config_text: str | None = None,
+    counts: dict[int, dict[str, int]] | None = None,
+) -> dict[int, int]:
+    """Wait for all nodes, then ask each for its partition id: node id -> partition id.
+
+    ``config_text`` goes with the query so that a per-silo run's clients load their data now (a bad
+    data-path fails here, not in round 1) and reply with their split sizes, put in ``counts``."""
     deadline = time.monotonic() + timeout
     node_ids = list(grid.get_node_ids())
     while len(node_ids) < expected:
@@ -59,9 +102,8 @@ def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEO
             raise RuntimeError(f"only {len(node_ids)} of {expected} clients connected within {timeout:.0f} s")
         time.sleep(0.5)
         node_ids = list(grid.get_node_ids())
-    queries = [
-        Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=nid, message_type="query") for nid in node_ids
-    ]
+    query = ConfigRecord({} if config_text is None else {CONFIG_KEY: config_text})
+    queries = [Message(RecordDict({CONFIG: query}), dst_node_id=nid, message_type="query") for nid in node_ids]
     replies = list(grid.send_and_receive(queries, timeout=timeout))
     failed = [r for r in replies if r.has_error()]
     if failed or len(replies) != len(node_ids):
@@ -73,7 +115,51 @@ def discover_clients(grid: Grid, expected: int, timeout: float = DISCOVERY_TIMEO
     pids = sorted(partition_of.values())
     if pids != list(range(expected)):
         raise RuntimeError(f"clients report partition ids {pids}; expected each of 0..{expected - 1} exactly once")
+    if counts is not None:
+        for r in replies:
+            metrics = r.content.metric_records[METRICS]
+            pid = partition_of[r.metadata.src_node_id]
+            counts[pid] = {
+                k[len(SILO_COUNT_PREFIX) :]: integer(metrics, k) for k in metrics if k.startswith(SILO_COUNT_PREFIX)
+            }
     return partition_of
+
+
+def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, partition_of: dict[int, int]) -> dict[str, Any]:
+    """The last message of a per-silo run: every silo audits the final global model on its own splits.
+
+    A silo that fails or times out is left out (``silos_reported`` says which answered)."""
+    arrays = {LORA_PREFIX + k: v for k, v in (view.lora or {}).items()}
+    arrays.update({DELTA_PREFIX + k: v for k, v in (view.deltas or {}).items()})
+    config_text = cfg.to_toml()
+    messages = [
+        Message(
+            RecordDict({ARRAYS: to_record(arrays), CONFIG: ConfigRecord({CONFIG_KEY: config_text})}),
+            dst_node_id=nid,
+            message_type="evaluate",
+        )
+        for nid in partition_of
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout_s))
+    answered: dict[int, dict[str, Any]] = {}
+    notes: dict[int, dict[str, Any]] = {}
+    for r in replies:
+        if r.has_error():
+            logger.warning(
+                "silo audit: partition %s failed: %s",
+                partition_of.get(r.metadata.src_node_id, "?"),
+                plain_reason(str(r.error.reason)),
+            )
+            continue
+        pid = partition_of[r.metadata.src_node_id]
+        answered[pid] = dict(r.content.metric_records[METRICS])
+        notes[pid] = dict(r.content.config_records.get(AUDIT_NOTES, {}))
+    withheld = [pid for pid, m in answered.items() if m.get(AUDIT_WITHHELD)]
+    audits = silo_audits({pid: m for pid, m in answered.items() if pid not in withheld}, notes)
+    return {
+        "silos": {str(p): a for p, a in sorted(audits.items())},
+        "silo_audit": summarise_silo_audits(audits, withheld, len(partition_of)),
+    }
 
 
 def run_rounds(
@@ -102,11 +188,16 @@ def run_federated(
     persistent state in its checkpoint, so that a resumed run finds it.
     """
     started = time.perf_counter()
-    splits = preflight(cfg)  # bad data, splits or base model: refused before the run folder exists
+    # bad data, splits or base model: refused before the run folder exists; a per-silo run's server
+    # has no data, so only its base model is checked (each silo checks its own folder at discovery)
+    splits = None if uses_silo_data(cfg) else preflight(cfg)
+    if splits is None:
+        get_runtime(cfg)
     saved = checkpoint.load_server(resume) if resume is not None else None
     outputs = RunOutputs(resume) if resume is not None else RunOutputs.create(cfg)
     if saved is None:
-        splits.save(outputs.path(SPLITS_FILE))
+        if splits is not None:
+            splits.save(outputs.path(SPLITS_FILE))
         checkpoint.write_status(outputs.root, checkpoint.RUNNING)
     else:
         outputs.keep_metrics_upto(saved["round"])
@@ -130,8 +221,12 @@ def _serve(
     client_state: bool,
 ) -> tuple[Path, ModelView]:
     runtime = get_runtime(cfg)
-    tracker = LossTracker(cfg, runtime, splits)
-    partition_of = discover_clients(grid, cfg.federation.num_clients)
+    tracker = None if splits is None else LossTracker(cfg, runtime, splits)  # per-silo: no data to track
+    counts: dict[int, dict[str, int]] = {}
+    config_text = cfg.to_toml() if splits is None else None
+    partition_of = discover_clients(grid, cfg.federation.num_clients, config_text=config_text, counts=counts)
+    if splits is None:
+        outputs.write_json(SILOS_FILE, {"clients": {str(p): c for p, c in sorted(counts.items())}})
     wire = CountingGrid(grid)
     rule = build_rule(cfg).start(runtime.initial)
     dp = build_dp_mode(cfg)
@@ -157,7 +252,8 @@ def _serve(
         dp.load_state_dict(saved["dp"])
         log.rounds = saved["log"].rounds
         timings = saved["timings"]
-        tracker.reference = saved["tracker_reference"]
+        if tracker is not None:
+            tracker.reference = saved["tracker_reference"]
         checkpoint.set_rng_state(saved["rng"])
         first_round, elapsed_before = saved["round"] + 1, float(saved["elapsed_s"])
     progress = tqdm(
@@ -167,7 +263,7 @@ def _serve(
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         t0 = time.perf_counter()
         strategy.sync_global(arrays)
-        losses = tracker(rule.global_view())
+        losses = tracker(rule.global_view()) if tracker is not None else {}
         entry = log[server_round]
         for key, value in wire.take().items():
             setattr(entry, key, value)
@@ -176,14 +272,15 @@ def _serve(
         outputs.append_metrics(row)
         if server_round > 0:
             progress.update(1)
-            progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
+            if losses:
+                progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
         timings.eval_s += time.perf_counter() - t0
         state = {
             "rule": rule.state_dict(),
             "dp": dp.state_dict(),
             "log": log,
             "timings": timings,
-            "tracker_reference": tracker.reference,
+            "tracker_reference": None if tracker is None else tracker.reference,
             "rng": checkpoint.rng_state(),
             "elapsed_s": elapsed_before + time.perf_counter() - started,
         }
@@ -196,7 +293,12 @@ def _serve(
 
     secure = None
     if cfg.federation.secure_aggregation:
-        weights = [1.0] if dp.uniform_weights else [float(len(c.members)) for c in splits.clients]
+        if dp.uniform_weights:
+            weights = [1.0]
+        elif splits is not None:
+            weights = [float(len(c.members)) for c in splits.clients]
+        else:  # each silo's member count, as it reported it at discovery
+            weights = [float(c.get("member_aux", 0) + c.get("member_test", 0)) for c in counts.values()]
         settings = SecAggSettings.from_config(cfg, max_weight=max(weights))
         run_secure_rounds(grid, cfg, strategy, dp, settings, evaluate, wire, first_round)
         secure = secure_summary(cfg, settings, log)
@@ -219,6 +321,10 @@ def _serve(
     run_result = RunResult(
         timings, log.communication(), dp=dp.summary(log), secure_aggregation=secure, failures=failures
     )
+    if splits is None:
+        t0 = time.perf_counter()
+        run_result.privacy = {"global": {}, "clients": {}, **audit_at_silos(grid, cfg, final, partition_of)}
+        timings.eval_s += time.perf_counter() - t0
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started - elapsed_before, rule.client_views())
     checkpoint.finish(outputs.root)
     return outputs.root, final

@@ -1,0 +1,140 @@
+"""Per-silo data (deployment, data.dataset = "silo"): the node-config settings, the local split, and a
+whole per-silo federation in one process (LocalGrid), audited by the silos themselves."""
+
+import json
+
+import pytest
+from local_grid import LocalGrid
+from silo_folders import make_silo_folder
+
+from clients.app import app as client_app
+from fedlora.config import ConfigError, load_config
+from fedlora.data import DatasetError
+from fedlora.data.silo import SiloSettings, load_silo, silo_split
+from fedlora.outputs import SILOS_FILE, SPLITS_FILE, SUMMARY_FILE
+from fedlora.preflight import preflight
+from fedlora.protocol import DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_ON_BAD_IMAGE, SILO_SPLIT_SEED
+from server.app import run_federated
+
+SILO = ["data.dataset='silo'"]
+IDS = tuple(f"folder-img_{k:03d}.png" for k in range(20))
+
+
+def smoke(*overrides):
+    return load_config("configs/smoke.toml", [*SILO, *overrides])
+
+
+def test_local_split_is_seeded_disjoint_and_independent_of_listing_order():
+    split = silo_split(IDS, 6, 8, seed=3)
+    again = silo_split(tuple(reversed(IDS)), 6, 8, seed=3)
+    assert split == again
+    assert (len(split.member_aux), len(split.member_test)) == (3, 3)
+    assert (len(split.nonmember_aux), len(split.nonmember_test)) == (4, 4)
+    assert not set(split.members) & set(split.nonmembers)
+    assert silo_split(IDS, 6, 8, seed=4).members != split.members
+
+
+def test_local_split_refuses_a_folder_too_small_naming_the_keys():
+    with pytest.raises(DatasetError, match=r"/data/silo0: 12 members \+ 10 non-members = 22 .* has 20.*'members'"):
+        silo_split(IDS, 12, 10, seed=0, where="/data/silo0")
+
+
+def test_settings_default_to_the_run_config_and_read_node_config():
+    cfg = smoke("run.seed=5")
+    s = SiloSettings.from_node_config({DATA_PATH: "/x"}, cfg)
+    assert (s.members, s.nonmembers, s.split_seed, s.on_bad_image) == (8, 8, 5, "error")
+    node = {DATA_PATH: "/x", SILO_MEMBERS: 4, SILO_NONMEMBERS: 6, SILO_SPLIT_SEED: 9, SILO_ON_BAD_IMAGE: "skip"}
+    s = SiloSettings.from_node_config(node, cfg)
+    assert (str(s.data_path), s.members, s.nonmembers, s.split_seed, s.on_bad_image) == ("/x", 4, 6, 9, "skip")
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ({"partition-id": 0}, r"no 'data-path'.*--node-config"),
+        ({DATA_PATH: 3}, r"'data-path' must be a str"),
+        ({DATA_PATH: "/x", SILO_MEMBERS: "8"}, r"'members' must be a int"),
+        ({DATA_PATH: "/x", SILO_MEMBERS: True}, r"'members' must be a int"),
+        ({DATA_PATH: "/x", SILO_NONMEMBERS: 1}, r"'nonmembers' = 1 must be at least 2"),
+        ({DATA_PATH: "/x", SILO_ON_BAD_IMAGE: "ignore"}, r"'on-bad-image' = 'ignore'; choose one of"),
+    ],
+)
+def test_bad_node_config_names_the_key(node, message):
+    with pytest.raises(ConfigError, match=message):
+        SiloSettings.from_node_config(node, smoke())
+
+
+@pytest.mark.parametrize("captions", ["jsonl", "txt"])
+def test_load_silo_reads_the_folder_and_counts_only(tmp_path, captions):
+    folder = make_silo_folder(tmp_path / "silo", 0, 10, captions=captions)
+    silo = load_silo({DATA_PATH: str(folder), SILO_MEMBERS: 4, SILO_NONMEMBERS: 4}, smoke())
+    assert len(silo.dataset) == 10 and silo.dataset.captions[0].startswith("a handwritten digit")
+    counts = silo.counts()
+    assert counts == {
+        "silo-images": 10,
+        "silo-member_aux": 2,
+        "silo-member_test": 2,
+        "silo-nonmember_aux": 2,
+        "silo-nonmember_test": 2,
+        "silo-skipped": 0,
+    }
+
+
+def test_missing_folder_and_missing_caption_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_silo({DATA_PATH: str(tmp_path / "nope")}, smoke())
+    folder = make_silo_folder(tmp_path / "silo", 0, 4, captions="txt")
+    (folder / "img_002.txt").unlink()
+    with pytest.raises(DatasetError, match=r"img_002.png: no caption"):
+        load_silo({DATA_PATH: str(folder), SILO_MEMBERS: 2, SILO_NONMEMBERS: 2}, smoke())
+
+
+def test_simulation_refuses_silo_data():
+    with pytest.raises(DatasetError, match=r"each SuperNode reads its own images"):
+        preflight(smoke())
+
+
+@pytest.mark.timeout(600)
+def test_a_per_silo_federation_audits_at_the_silos(tmp_path):
+    cfg = smoke(
+        f"run.output_dir='{tmp_path / 'runs'}'",
+        "federation.rounds=2",
+        "train.method='smp-lora'",
+        "evaluation.attacks=['loss-threshold']",
+        "evaluation.quality_samples=0",
+    )
+    grid = LocalGrid(client_app, cfg.federation.num_clients)
+    for k, context in enumerate(grid.contexts.values()):
+        folder = make_silo_folder(tmp_path / f"silo{k}", k, 12 + k)
+        context.node_config.update({DATA_PATH: str(folder), SILO_MEMBERS: 6, SILO_NONMEMBERS: 6})
+    run_dir, final = run_federated(grid, cfg)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    privacy = summary["privacy"]
+    assert privacy["global"] == {} and set(privacy["silos"]) == {"0", "1"}
+    for k in ("0", "1"):
+        entry = privacy["silos"][k]["loss-threshold"]
+        assert 0.0 <= entry["auc"] <= 1.0 and entry["n_members"] == 3 and entry["n_nonmembers"] == 3
+    audit = privacy["silo_audit"]
+    assert audit["silos_reported"] == [0, 1] and audit["withheld"] == []
+    aucs = [privacy["silos"][k]["loss-threshold"]["auc"] for k in ("0", "1")]
+    assert audit["attacks"]["loss-threshold"]["auc_mean"] == pytest.approx(sum(aucs) / 2)
+    silos = json.loads((run_dir / SILOS_FILE).read_text())["clients"]
+    assert silos["1"]["images"] == 13 and silos["0"]["member_aux"] == 3
+    assert not (run_dir / SPLITS_FILE).exists()  # the server never had a sample id
+    text = (run_dir / SUMMARY_FILE).read_text() + (run_dir / SILOS_FILE).read_text()
+    assert "img_0" not in text and "handwritten" not in text  # no file name or caption reached the server
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and "member_loss" not in rows[1]
+    assert any(abs(v).max() > 0 for key, v in final.lora.items() if "lora_B" in key)
+
+
+def test_a_dp_run_keeps_the_silo_audit_in(tmp_path):
+    from fedlora.data.silo import load_silo as load
+    from fedlora.evaluation.silo import audit_silo
+    from fedlora.models.lora import ModelView
+    from fedlora.protocol import AUDIT_WITHHELD
+
+    cfg = smoke("privacy.dp='dp-lora'", "evaluation.attacks=['loss-threshold']")
+    folder = make_silo_folder(tmp_path / "silo", 0, 8)
+    silo = load({DATA_PATH: str(folder), SILO_MEMBERS: 4, SILO_NONMEMBERS: 4}, cfg)
+    assert audit_silo(cfg, None, silo, ModelView(), 0) == ({AUDIT_WITHHELD: 1}, {})
