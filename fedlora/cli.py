@@ -1,4 +1,5 @@
-"""The ``fedlora`` command: pretrain the embedded base, run an experiment, re-evaluate and compare runs."""
+"""The ``fedlora`` command: pretrain the embedded base, run an experiment, re-evaluate and compare runs,
+deploy across silos."""
 
 from __future__ import annotations
 
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dirs", nargs="+", help="run folders")
     p.add_argument("--out", default="runs/comparison", help="folder for comparison.md and privacy_quality.png")
     p.set_defaults(func=_cmd_compare)
+    from .deploy_cli import add_parser as add_deploy
+
+    add_deploy(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
