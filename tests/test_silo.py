@@ -138,3 +138,16 @@ def test_a_dp_run_keeps_the_silo_audit_in(tmp_path):
     folder = make_silo_folder(tmp_path / "silo", 0, 8)
     silo = load({DATA_PATH: str(folder), SILO_MEMBERS: 4, SILO_NONMEMBERS: 4}, cfg)
     assert audit_silo(cfg, None, silo, ModelView(), 0) == ({AUDIT_WITHHELD: 1}, {})
+
+
+def test_evaluate_refuses_a_per_silo_run(tmp_path):
+    from fedlora.outputs import CONFIG_FILE
+    from fedlora.reevaluate import evaluate_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CONFIG_FILE).write_text(smoke().to_toml())
+    (run_dir / SUMMARY_FILE).write_text("{}")
+    (run_dir / "status.json").write_text('{"status": "complete"}')
+    with pytest.raises(ConfigError, match=r"per-silo run .* audit ran at the silos"):
+        evaluate_run(run_dir)
