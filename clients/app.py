@@ -24,7 +24,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from fedlora import checkpoint
-from fedlora.config import ExperimentConfig, loads_config
+from fedlora.config import ConfigError, ExperimentConfig, loads_config
 from fedlora.data import SiloData, load_silo, uses_silo_data
 from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail
@@ -42,6 +42,7 @@ from fedlora.protocol import (
     EVAL_ONLY_PREFIX,
     LORA_PREFIX,
     METRICS,
+    NODE_STATE_DIR,
     NUM_EXAMPLES,
     OBJECTIVE_STATE,
     ORACLE,
@@ -131,7 +132,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), integer(config, "server-round")
     payload = arrays_of(msg.content.array_records[ARRAYS])
-    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, state_dir_of(config, context))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
@@ -152,7 +153,7 @@ def secure_train(msg: Message, context: Context) -> Message:
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), int(config["server-round"])
     payload = dict(zip(str(config[PAYLOAD_KEYS]).split("\n"), parameters_to_ndarrays(fitins.parameters)))
-    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, state_dir_of(config, context))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     dp = build_dp_mode(cfg)
     upload = dp.secure_upload(result.upload, payload)
@@ -200,6 +201,22 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
 
 
+def state_dir_of(config: Any, context: Context) -> str | None:
+    """Where this client's persistent state goes on disk: the server's checkpoint folder (simulation, for a
+    resume), else this SuperNode's node-config ``state-dir``, one folder per run (a restarted SuperNode
+    continues with it), else nowhere (the state lives in ``context.state`` only)."""
+    if config.get(STATE_DIR):
+        return str(config[STATE_DIR])
+    if NODE_STATE_DIR not in context.node_config:
+        return None
+    folder = context.node_config[NODE_STATE_DIR]
+    if not isinstance(folder, str) or not folder:
+        raise ConfigError(
+            f'node_config {NODE_STATE_DIR!r} must be a folder path ({NODE_STATE_DIR}="..."), got {folder!r}'
+        )
+    return str(Path(folder).expanduser() / f"run-{context.run_id}")
+
+
 PERSISTENT = (OBJECTIVE_STATE, RULE_STATE, DP_STATE)  # array records that outlive a round; CLIENT_STATE: counts
 
 
@@ -230,8 +247,8 @@ def train_locally(
 ) -> tuple[ClientRoundResult, dict[str, Any]]:
     """One local round with this client's persistent state; the result and its reply metrics.
 
-    ``state_dir`` (simulation): where the state is saved after the round, and read from when this
-    client's in-memory state is empty (a resumed run)."""
+    ``state_dir`` (``state_dir_of``): where the state is saved after the round, and read from when this
+    client's in-memory state is empty (a resumed run, a restarted SuperNode)."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     state = context.state
     if state_dir and CLIENT_STATE not in state:

@@ -3,6 +3,7 @@ whole per-silo federation in one process (LocalGrid), audited by the silos thems
 
 import json
 
+import numpy as np
 import pytest
 from local_grid import LocalGrid
 from silo_folders import make_silo_folder
@@ -13,7 +14,14 @@ from fedlora.data import DatasetError
 from fedlora.data.silo import SiloSettings, load_silo, silo_split
 from fedlora.outputs import SILOS_FILE, SPLITS_FILE, SUMMARY_FILE
 from fedlora.preflight import preflight
-from fedlora.protocol import DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_ON_BAD_IMAGE, SILO_SPLIT_SEED
+from fedlora.protocol import (
+    DATA_PATH,
+    NODE_STATE_DIR,
+    SILO_MEMBERS,
+    SILO_NONMEMBERS,
+    SILO_ON_BAD_IMAGE,
+    SILO_SPLIT_SEED,
+)
 from server.app import run_federated
 
 SILO = ["data.dataset='silo'"]
@@ -151,3 +159,73 @@ def test_evaluate_refuses_a_per_silo_run(tmp_path):
     (run_dir / "status.json").write_text('{"status": "complete"}')
     with pytest.raises(ConfigError, match=r"per-silo run .* audit ran at the silos"):
         evaluate_run(run_dir)
+
+
+class RestartingGrid(LocalGrid):
+    """Node 0's SuperNode "restarts" before round 2: its context.state comes back empty, as Flower's does."""
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        for msg in messages:
+            config = msg.content.config_records.get("config")
+            if msg.metadata.message_type.startswith("train") and config and config.get("server-round") == 2:
+                first = min(self.contexts)
+                if msg.metadata.dst_node_id == first:
+                    self.contexts[first].state = type(self.contexts[first].state)()
+        return super().push_messages(messages)
+
+
+def silo_run(tmp_path, name, grid_cls, state_dir: bool, *overrides):
+    cfg = smoke(
+        f"run.output_dir='{tmp_path / name}'",
+        "federation.rounds=2",
+        "evaluation.attacks=[]",
+        "evaluation.quality_samples=0",
+        *overrides,
+    )
+    grid = grid_cls(client_app, cfg.federation.num_clients)
+    for k, context in enumerate(grid.contexts.values()):
+        folder = make_silo_folder(tmp_path / f"silo{k}", k, 12)
+        context.node_config.update({DATA_PATH: str(folder), SILO_MEMBERS: 6, SILO_NONMEMBERS: 6})
+        if state_dir:
+            context.node_config[NODE_STATE_DIR] = str(tmp_path / name / f"state{k}")
+    run_dir, final = run_federated(grid, cfg)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows[2]["clients"]["0"], final
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_supernode_keeps_its_dp_accountant_in_its_state_dir(tmp_path):
+    dp = ("train.method='lora'", "privacy.dp='dp-lora'")
+    steady, _ = silo_run(tmp_path, "steady", LocalGrid, False, *dp)
+    restarted, _ = silo_run(tmp_path, "restarted", RestartingGrid, True, *dp)
+    forgot, _ = silo_run(tmp_path, "forgot", RestartingGrid, False, *dp)
+    assert steady["rounds_trained"] == restarted["rounds_trained"] == 2 and forgot["rounds_trained"] == 1
+    # the DP-SGD accountant kept accumulating: the same ε as a SuperNode that never restarted
+    assert (
+        restarted["dp_epsilon"] == pytest.approx(steady["dp_epsilon"]) and forgot["dp_epsilon"] < steady["dp_epsilon"]
+    )
+    assert list((tmp_path / "restarted" / "state0").glob("run-*/"))
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_supernode_keeps_its_proxy_attacker_in_its_state_dir(tmp_path):
+    smp = ("train.method='smp-lora'",)
+    _, steady = silo_run(tmp_path, "steady", LocalGrid, False, *smp)
+    _, restarted = silo_run(tmp_path, "restarted", RestartingGrid, True, *smp)
+    _, forgot = silo_run(tmp_path, "forgot", RestartingGrid, False, *smp)
+    for key, value in steady.lora.items():  # the attacker came back as it was: the same global model
+        np.testing.assert_array_equal(restarted.lora[key], value)
+    assert any(not np.array_equal(forgot.lora[k], v) for k, v in steady.lora.items())  # without it, another
+
+
+def test_state_dir_must_be_a_path():
+    from flwr.app import Context, RecordDict
+
+    from clients.app import state_dir_of
+
+    context = Context(run_id=7, node_id=1, node_config={NODE_STATE_DIR: 3}, state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match=r"'state-dir' must be a folder path"):
+        state_dir_of({}, context)
+    context.node_config[NODE_STATE_DIR] = "/silo/state"
+    assert state_dir_of({}, context) == "/silo/state/run-7"
