@@ -229,3 +229,12 @@ def test_state_dir_must_be_a_path():
         state_dir_of({}, context)
     context.node_config[NODE_STATE_DIR] = "/silo/state"
     assert state_dir_of({}, context) == "/silo/state/run-7"
+
+
+def test_a_silo_without_its_folder_fails_discovery_naming_the_key(tmp_path):
+    cfg = smoke(f"run.output_dir='{tmp_path / 'runs'}'", "evaluation.quality_samples=0")
+    grid = LocalGrid(client_app, cfg.federation.num_clients)
+    first = min(grid.contexts)
+    grid.contexts[first].node_config[DATA_PATH] = str(make_silo_folder(tmp_path / "silo0", 0, 16))
+    with pytest.raises(RuntimeError, match=r"client discovery: 1 of 2 answered.*node_config has no \W+data-path"):
+        run_federated(grid, cfg)
