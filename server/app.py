@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedlora import checkpoint, interrupt
-from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.config import ConfigError, ExperimentConfig, load_config, min_clients_present
 from fedlora.data import uses_silo_data
 from fedlora.evaluation.silo import silo_audits, summarise_silo_audits
 from fedlora.evaluation.tracking import LossTracker
@@ -36,9 +36,6 @@ from fedlora.protocol import (
     LORA_PREFIX,
     METRICS,
     OUTPUT_DIR,
-    PARTITION_ID,
-    SILO_COUNT_PREFIX,
-    integer,
 )
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog, plain_reason
@@ -46,12 +43,12 @@ from fedlora.rules import build_rule
 from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings, secure_summary
 
+from .membership import DISCOVERY_TIMEOUT_S, Membership
 from .secure_aggregation import EvaluateFn, run_secure_rounds
 from .strategy import AccountedFedAvgStrategy, LoraStrategy, to_record
 from .wire import CountingGrid
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DISCOVERY_TIMEOUT_S = 300.0
 logger = logging.getLogger("fedlora")
 
 
@@ -84,51 +81,12 @@ def config_from_run_config(run_config: Any) -> ExperimentConfig:
     return cfg
 
 
-def discover_clients(
-    grid: Grid,
-    expected: int,
-    timeout: float = DISCOVERY_TIMEOUT_S,
-    config_text: str | None = None,
-    counts: dict[int, dict[str, int]] | None = None,
-) -> dict[int, int]:
-    """Wait for all nodes, then ask each for its partition id: node id -> partition id.
+def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, membership: Membership) -> dict[str, Any]:
+    """The last message of a per-silo run: every silo online audits the final global model on its own splits.
 
-    ``config_text`` goes with the query so that a per-silo run's clients load their data now (a bad
-    data-path fails here, not in round 1) and reply with their split sizes, put in ``counts``."""
-    deadline = time.monotonic() + timeout
-    node_ids = list(grid.get_node_ids())
-    while len(node_ids) < expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(node_ids)} of {expected} clients connected within {timeout:.0f} s")
-        time.sleep(0.5)
-        node_ids = list(grid.get_node_ids())
-    query = ConfigRecord({} if config_text is None else {CONFIG_KEY: config_text})
-    queries = [Message(RecordDict({CONFIG: query}), dst_node_id=nid, message_type="query") for nid in node_ids]
-    replies = list(grid.send_and_receive(queries, timeout=timeout))
-    failed = [r for r in replies if r.has_error()]
-    if failed or len(replies) != len(node_ids):
-        reasons = [str(r.error.reason) for r in failed][:3]
-        raise RuntimeError(
-            f"client discovery: {len(replies) - len(failed)} of {len(node_ids)} answered; errors {reasons}"
-        )
-    partition_of = {r.metadata.src_node_id: integer(r.content.metric_records[METRICS], PARTITION_ID) for r in replies}
-    pids = sorted(partition_of.values())
-    if pids != list(range(expected)):
-        raise RuntimeError(f"clients report partition ids {pids}; expected each of 0..{expected - 1} exactly once")
-    if counts is not None:
-        for r in replies:
-            metrics = r.content.metric_records[METRICS]
-            pid = partition_of[r.metadata.src_node_id]
-            counts[pid] = {
-                k[len(SILO_COUNT_PREFIX) :]: integer(metrics, k) for k in metrics if k.startswith(SILO_COUNT_PREFIX)
-            }
-    return partition_of
-
-
-def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, partition_of: dict[int, int]) -> dict[str, Any]:
-    """The last message of a per-silo run: every silo audits the final global model on its own splits.
-
-    A silo that fails or times out is left out (``silos_reported`` says which answered)."""
+    A silo that is offline, fails or times out is left out (``silos_reported`` says which answered)."""
+    online = membership.refresh(grid).online
+    partition_of = {nid: pid for nid, pid in membership.partition_of.items() if pid in online}
     arrays = {LORA_PREFIX + k: v for k, v in (view.lora or {}).items()}
     arrays.update({DELTA_PREFIX + k: v for k, v in (view.deltas or {}).items()})
     config_text = cfg.to_toml()
@@ -158,7 +116,7 @@ def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, partition
     audits = silo_audits({pid: m for pid, m in answered.items() if pid not in withheld}, notes)
     return {
         "silos": {str(p): a for p, a in sorted(audits.items())},
-        "silo_audit": summarise_silo_audits(audits, withheld, len(partition_of)),
+        "silo_audit": summarise_silo_audits(audits, withheld, cfg.federation.num_clients),
     }
 
 
@@ -222,11 +180,19 @@ def _serve(
 ) -> tuple[Path, ModelView]:
     runtime = get_runtime(cfg)
     tracker = None if splits is None else LossTracker(cfg, runtime, splits)  # per-silo: no data to track
-    counts: dict[int, dict[str, int]] = {}
-    config_text = cfg.to_toml() if splits is None else None
-    partition_of = discover_clients(grid, cfg.federation.num_clients, config_text=config_text, counts=counts)
-    if splits is None:
-        outputs.write_json(SILOS_FILE, {"clients": {str(p): c for p, c in sorted(counts.items())}})
+    membership = Membership(
+        cfg.federation.num_clients,
+        config_text=cfg.to_toml() if splits is None else None,
+        query_timeout=min(DISCOVERY_TIMEOUT_S, cfg.federation.round_timeout_s),
+    )
+    membership.discover(grid, min_clients_present(cfg))
+    counts = membership.counts
+
+    def write_silos() -> None:  # the silos met so far (late joiners added at the end)
+        if splits is None:
+            outputs.write_json(SILOS_FILE, {"clients": {str(p): c for p, c in sorted(counts.items())}})
+
+    write_silos()
     wire = CountingGrid(grid)
     rule = build_rule(cfg).start(runtime.initial)
     dp = build_dp_mode(cfg)
@@ -235,13 +201,15 @@ def _serve(
     strategy = strategy_cls(
         rule=rule,
         log=log,
-        partition_of=partition_of,
+        partition_of=membership.partition_of,
         fraction=cfg.federation.fraction_train,
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
         max_update_norm=cfg.federation.max_update_norm,
         min_clients=cfg.federation.min_clients_per_round,
+        num_clients=cfg.federation.num_clients,
     )
+    strategy.membership = membership
     if client_state:
         strategy.client_state_dir = str(checkpoint.checkpoint_dir(outputs.root) / checkpoint.CLIENTS_DIR)
     runner = strategy if cfg.federation.secure_aggregation else dp.wrap(strategy)
@@ -323,7 +291,8 @@ def _serve(
     )
     if splits is None:
         t0 = time.perf_counter()
-        run_result.privacy = {"global": {}, "clients": {}, **audit_at_silos(grid, cfg, final, partition_of)}
+        run_result.privacy = {"global": {}, "clients": {}, **audit_at_silos(grid, cfg, final, membership)}
+        write_silos()
         timings.eval_s += time.perf_counter() - t0
     finalize_run(outputs, cfg, runtime, splits, final, run_result, started - elapsed_before, rule.client_views())
     checkpoint.finish(outputs.root)
