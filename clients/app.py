@@ -50,6 +50,7 @@ from fedlora.protocol import (
     PARTITION_ID,
     PAYLOAD_KEYS,
     RULE_STATE,
+    RUN_KEY,
     SECAGG_CLIPPED,
     SECAGG_MAX_WEIGHT,
     STATE_DIR,
@@ -204,7 +205,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 def state_dir_of(config: Any, context: Context) -> str | None:
     """Where this client's persistent state goes on disk: the server's checkpoint folder (simulation, for a
     resume), else this SuperNode's node-config ``state-dir``, one folder per run (a restarted SuperNode
-    continues with it), else nowhere (the state lives in ``context.state`` only)."""
+    continues with it; named by the server's run key, which a resumed run keeps, else by Flower's run
+    id), else nowhere (the state lives in ``context.state`` only)."""
     if config.get(STATE_DIR):
         return str(config[STATE_DIR])
     if NODE_STATE_DIR not in context.node_config:
@@ -214,7 +216,10 @@ def state_dir_of(config: Any, context: Context) -> str | None:
         raise ConfigError(
             f'node_config {NODE_STATE_DIR!r} must be a folder path ({NODE_STATE_DIR}="..."), got {folder!r}'
         )
-    return str(Path(folder).expanduser() / f"run-{context.run_id}")
+    run = str(config[RUN_KEY]) if config.get(RUN_KEY) else str(context.run_id)
+    if not run.replace("-", "").isalnum():
+        raise ValueError(f"the server's {RUN_KEY!r} = {run!r} is no folder name (letters, digits and '-' only)")
+    return str(Path(folder).expanduser() / f"run-{run}")
 
 
 PERSISTENT = (OBJECTIVE_STATE, RULE_STATE, DP_STATE)  # array records that outlive a round; CLIENT_STATE: counts

@@ -57,8 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import interrupt
-    from .checkpoint import load_server
-    from .outputs import CONFIG_FILE
+    from .checkpoint import resume_config
     from .simulation import run_experiment
 
     resume = Path(args.resume) if args.resume else None
@@ -67,10 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if resume is not None:
         if args.overrides:
             raise ConfigError("--resume continues the run as it was configured: --set is not allowed with it")
-        if not (resume / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{resume / CONFIG_FILE} is missing: {resume} is not a fedlora run folder")
-        load_server(resume)  # refuse a folder without a checkpoint before anything starts
-        cfg = load_config(resume / CONFIG_FILE)
+        cfg = resume_config(resume)  # refuses a folder without a checkpoint before anything starts
     else:
         cfg = load_config(args.config, args.overrides)
     try:

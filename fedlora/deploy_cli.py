@@ -1,9 +1,10 @@
 """``fedlora deploy``: credentials, SuperLink, SuperNodes and runs of a cross-silo deployment (``fedlora.deploy``).
 
 One host: ``fedlora deploy local DIR --data-path A --data-path B`` then ``fedlora deploy run DIR CONFIG
---output-dir /abs/runs`` and ``fedlora deploy stop DIR``. Real hosts: ``init`` once, copy the files the
-README's "Cross-silo deployment" lists, then ``superlink`` on the server, ``register`` from the host
-that runs ``flwr``, ``supernode`` on each silo, and ``run``.
+--output-dir /abs/runs`` (``--resume RUN_DIR`` continues a run) and ``fedlora deploy stop DIR``.
+Real hosts: ``init`` once, copy the files the README's "Cross-silo deployment" lists, then
+``superlink`` on the server, ``register`` from the host that runs ``flwr``, ``supernode`` on each
+silo, and ``run``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from . import deploy
-from .protocol import OUTPUT_DIR
+from .config import ConfigError
+from .protocol import OUTPUT_DIR, RESUME
 
 
 def _creds(args: argparse.Namespace) -> deploy.Credentials:
@@ -96,11 +98,20 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     creds = _creds(args)
-    output = Path(args.output_dir).expanduser().resolve()
-    # config: relative to the app (its FAB ships configs/), or absolute on the SuperLink's host
-    run_config = f"config={json.dumps(args.config)} {OUTPUT_DIR}={json.dumps(str(output))}"
-    if args.overrides:
-        run_config += " overrides=" + json.dumps(" ".join(args.overrides))
+    if args.resume:  # the ServerApp continues the folder with its own config.toml
+        if args.config or args.overrides or args.output_dir:
+            raise ConfigError(
+                "deploy run --resume RUN_DIR continues the run as configured: no CONFIG, --set or --output-dir"
+            )
+        run_config = f"{RESUME}={json.dumps(str(Path(args.resume).expanduser().resolve()))}"
+    elif not (args.config and args.output_dir):
+        raise ConfigError("deploy run takes CONFIG and --output-dir (or --resume RUN_DIR to continue a run)")
+    else:
+        output = Path(args.output_dir).expanduser().resolve()
+        # config: relative to the app (its FAB ships configs/), or absolute on the SuperLink's host
+        run_config = f"config={json.dumps(args.config)} {OUTPUT_DIR}={json.dumps(str(output))}"
+        if args.overrides:
+            run_config += " overrides=" + json.dumps(" ".join(args.overrides))
     argv = [str(Path(sys.executable).parent / "flwr"), "run", str(Path(args.app).resolve()), args.connection]
     argv += ["--stream", "--run-config", run_config]
     return _exec(argv, {**deploy.flwr_env(creds), "FLWR_HOME": str(creds.flwr_home)}, args.print)
@@ -158,8 +169,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_local)
 
     p = step("run", "submit a run with flwr run (the run folder goes to --output-dir on the SuperLink's host)")
-    p.add_argument("config", help="experiment TOML; data.dataset = 'silo' for per-silo data")
-    p.add_argument("--output-dir", required=True, help="where the run folder goes (absolute on the SuperLink host)")
+    p.add_argument("config", nargs="?", help="experiment TOML; data.dataset = 'silo' for per-silo data")
+    p.add_argument("--output-dir", help="where the run folder goes (absolute on the SuperLink host)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue that run folder (on the SuperLink host) from its checkpoint"
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--app", default=".", help="the fedlora project folder (its pyproject.toml)")
     p.add_argument("--connection", default=deploy.CONNECTION, help="the SuperLink connection in flwr-home")

@@ -39,6 +39,10 @@ AUDIT_WITHHELD = "audit-withheld"  # evaluate reply metric: 1 when the silo's DP
 LORA_PREFIX = "lora/"  # evaluate message arrays: the global model's adapter ...
 DELTA_PREFIX = "delta/"  # ... and its dense deltas (rules whose global model is no rank-r LoRA)
 OUTPUT_DIR = "output-dir"  # run config (flwr run --run-config): where the run folder goes, absolute
+RESUME = "resume"  # run config: a run folder (absolute, on the SuperLink's host) to continue from its checkpoint
+# train message config: the run's own id, kept by a resumed run (Flower gives that a new run id), so that a
+# SuperNode's state-dir folder for the run, <state-dir>/run-<key>/, is found again
+RUN_KEY = "fedlora-run-key"
 
 
 def number(record: Mapping[str, Any], key: str) -> float:

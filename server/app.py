@@ -1,13 +1,14 @@
 """Flower ServerApp: discover clients, run the LoRA strategy, log rounds, write the run folder.
 
-``app`` serves ``flwr run .`` (config from the run config); ``create_server_app(cfg)`` is what
-``fedlora run`` passes to the simulation engine.
+``app`` serves ``flwr run .`` (config from the run config, or run config ``resume`` naming a run folder
+to continue); ``create_server_app(cfg)`` is what ``fedlora run`` passes to the simulation engine.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from fedlora.protocol import (
     LORA_PREFIX,
     METRICS,
     OUTPUT_DIR,
+    RESUME,
 )
 from fedlora.reports import Timing
 from fedlora.rounds import RoundLog, plain_reason
@@ -79,6 +81,21 @@ def config_from_run_config(run_config: Any) -> ExperimentConfig:
             OUTPUT_DIR,
         )
     return cfg
+
+
+def resume_from_run_config(run_config: Any) -> Path | None:
+    """``flwr run`` of a run to continue: run config ``resume`` names its folder (absolute, on the SuperLink's
+    host); the run goes on with that folder's own config, so ``overrides`` must be empty (``config`` and
+    ``output-dir`` are not read)."""
+    value = str(run_config.get(RESUME, ""))
+    if not value:
+        return None
+    run_dir = Path(value).expanduser()
+    if not run_dir.is_absolute():
+        raise ConfigError(f"run config {RESUME!r} = {value!r} must be an absolute path on the SuperLink's host")
+    if str(run_config.get("overrides", "")).strip():
+        raise ConfigError(f"run config {RESUME!r} continues the run as it was configured: 'overrides' must be empty")
+    return run_dir
 
 
 def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, membership: Membership) -> dict[str, Any]:
@@ -210,6 +227,8 @@ def _serve(
         num_clients=cfg.federation.num_clients,
     )
     strategy.membership = membership
+    # the run's own id, kept by a resume: a SuperNode's state-dir folder for the run (Flower's run id changes)
+    strategy.run_key = str((saved or {}).get("run_key") or uuid.uuid4().hex[:12])
     if client_state:
         strategy.client_state_dir = str(checkpoint.checkpoint_dir(outputs.root) / checkpoint.CLIENTS_DIR)
     runner = strategy if cfg.federation.secure_aggregation else dp.wrap(strategy)
@@ -244,6 +263,7 @@ def _serve(
                 progress.set_postfix(member_loss=f"{losses['member_loss']:.4f}", gap=f"{losses['loss_gap']:+.4f}")
         timings.eval_s += time.perf_counter() - t0
         state = {
+            "run_key": strategy.run_key,
             "rule": rule.state_dict(),
             "dp": dp.state_dict(),
             "log": log,
@@ -307,11 +327,17 @@ def create_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        resolved = cfg if cfg is not None else config_from_run_config(context.run_config)
+        if cfg is not None:
+            resolved, resume_dir = cfg, resume
+        else:
+            resume_dir = resume_from_run_config(context.run_config)
+            resolved = (
+                checkpoint.resume_config(resume_dir) if resume_dir else config_from_run_config(context.run_config)
+            )
         # One thread per process like the clients: with more threads than free cores, OpenMP's
         # spin-waiting made a UNet forward ~200x slower on this 2-core machine (measured).
         torch.set_num_threads(resolved.simulation.num_cpus_per_client)
-        run_dir, final = run_federated(grid, resolved, resume=resume, client_state=cfg is not None)
+        run_dir, final = run_federated(grid, resolved, resume=resume_dir, client_state=cfg is not None)
         if result_holder is not None:
             result_holder.update(run_dir=run_dir, global_view=final)
 

@@ -31,6 +31,7 @@ from fedlora.protocol import (
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
+    RUN_KEY,
     STATE_DIR,
     integer,
     number,
@@ -93,12 +94,15 @@ class LoraStrategy(FedAvg):
         self._round_started = 0.0
         self._current_round = 0
         self.client_state_dir: str | None = None  # simulation: clients save their state there (resume)
+        self.run_key = ""  # the run's own id (RUN_KEY): a SuperNode's state-dir folder for this run
 
     def round_config(self, server_round: int) -> dict[str, str | int]:
         """What every train message of the round carries besides the payload."""
         config: dict[str, str | int] = {"server-round": server_round, CONFIG_KEY: self.config_text}
         if self.client_state_dir:
             config[STATE_DIR] = self.client_state_dir
+        if self.run_key:
+            config[RUN_KEY] = self.run_key
         return config
 
     @property

@@ -238,3 +238,90 @@ def test_a_silo_without_its_folder_fails_discovery_naming_the_key(tmp_path):
     grid.contexts[first].node_config[DATA_PATH] = str(make_silo_folder(tmp_path / "silo0", 0, 16))
     with pytest.raises(RuntimeError, match=r"client discovery: 1 of 2 answered.*node_config has no \W+data-path"):
         run_federated(grid, cfg)
+
+
+class ServerKilled(BaseException):
+    """The ServerApp process dying outright (not an exception the run could handle)."""
+
+
+class DyingGrid(LocalGrid):
+    """The server dies in round 2 after the silos trained it (their round-2 state is on disk, the server's is not)."""
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        config = messages[0].content.config_records.get("config") if messages else None
+        if messages[0].metadata.message_type.startswith("train") and config and config.get("server-round") == 2:
+            raise ServerKilled
+        return ids
+
+
+def silo_grid(tmp_path, cfg, grid_cls=LocalGrid, *, run_id=1, state=True):
+    grid = grid_cls(client_app, cfg.federation.num_clients)
+    for k, context in enumerate(grid.contexts.values()):
+        context.run_id = run_id  # a resumed run is a new Flower run: new run id, empty context.state
+        folder = make_silo_folder(tmp_path / f"silo{k}", k, 12)
+        context.node_config.update({DATA_PATH: str(folder), SILO_MEMBERS: 6, SILO_NONMEMBERS: 6})
+        if state:
+            context.node_config[NODE_STATE_DIR] = str(tmp_path / f"state{k}")
+    return grid
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_server_resumed_in_deployment_ends_with_the_uninterrupted_adapter(tmp_path):
+    import shutil
+
+    from fedlora import checkpoint
+
+    def cfg(name):
+        return smoke(
+            f"run.output_dir='{tmp_path / name}'",
+            "federation.rounds=2",
+            "train.method='smp-lora'",
+            "evaluation.attacks=[]",
+            "evaluation.quality_samples=0",
+        )
+
+    _, steady = run_federated(silo_grid(tmp_path / "a", cfg("steady")), cfg("steady"))
+    with pytest.raises(ServerKilled):
+        run_federated(silo_grid(tmp_path / "b", cfg("killed"), DyingGrid), cfg("killed"))
+    (run_dir,) = (tmp_path / "killed").iterdir()
+    assert checkpoint.read_status(run_dir)["last_complete_round"] == 1
+    shutil.copytree(run_dir, tmp_path / "copy")
+    resumed_dir, resumed = run_federated(
+        silo_grid(tmp_path / "b", cfg("killed"), run_id=2), cfg("killed"), resume=run_dir
+    )
+    for key, value in steady.lora.items():  # the silos found their round-1 state under the run's key
+        np.testing.assert_array_equal(resumed.lora[key], value)
+    rows = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["clients"]["0"]["rounds_trained"] == 2
+    # control: silos whose state is not found (no state-dir) restart their proxy attackers: another adapter
+    _, forgot = run_federated(
+        silo_grid(tmp_path / "b", cfg("killed"), run_id=3, state=False), cfg("killed"), resume=tmp_path / "copy"
+    )
+    assert any(not np.array_equal(forgot.lora[k], v) for k, v in steady.lora.items())
+
+
+def test_the_run_config_resume_names_an_absolute_run_folder_without_overrides(tmp_path):
+    from server.app import resume_from_run_config
+
+    assert resume_from_run_config({"resume": ""}) is None
+    assert resume_from_run_config({"resume": str(tmp_path), "overrides": ""}) == tmp_path
+    with pytest.raises(ConfigError, match=r"'resume' = 'runs/x' must be an absolute path"):
+        resume_from_run_config({"resume": "runs/x"})
+    with pytest.raises(ConfigError, match=r"'overrides' must be empty"):
+        resume_from_run_config({"resume": str(tmp_path), "overrides": "federation.rounds=3"})
+
+
+def test_a_state_dir_folder_is_named_by_the_servers_run_key():
+    from flwr.app import Context, RecordDict
+
+    from clients.app import state_dir_of
+    from fedlora.protocol import RUN_KEY
+
+    context = Context(
+        run_id=7, node_id=1, node_config={NODE_STATE_DIR: "/silo/state"}, state=RecordDict(), run_config={}
+    )
+    assert state_dir_of({RUN_KEY: "3f2a9c01bb7e"}, context) == "/silo/state/run-3f2a9c01bb7e"
+    with pytest.raises(ValueError, match=r"is no folder name"):
+        state_dir_of({RUN_KEY: "../../etc"}, context)
