@@ -58,6 +58,8 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 class LoraStrategy(FedAvg):
+    samples_online_only = True  # a round samples among the partitions online at its start
+
     def __init__(
         self,
         *,
@@ -120,7 +122,7 @@ class LoraStrategy(FedAvg):
         self.node_of = self.membership.node_of
         entry = self.log[server_round]
         entry.online, entry.joined, entry.left = presence.online, presence.joined, presence.left
-        return presence.online
+        return presence.online if self.samples_online_only else sorted(self.node_of)
 
     def sample_partitions(self, server_round: int, available: list[int] | None = None) -> list[int]:
         """``fraction_train`` of the available partitions (default: all known), seeded by (seed, round)."""
@@ -300,6 +302,9 @@ class AccountedFedAvgStrategy(LoraStrategy):
     """
 
     aggregate_train = FedAvg.aggregate_train
+    # Flower's accountant sizes the noise and the privacy event for num_sampled of the whole population:
+    # every known partition is sampled, online or not (an offline one fails the round, which is not released)
+    samples_online_only = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -83,3 +83,14 @@ def test_cli_init_writes_what_each_host_needs(tmp_path, capsys):
     ]
     assert main(["deploy", "superlink", str(tmp_path), "--print"]) == 0
     assert "--enable-supernode-auth" in capsys.readouterr().out
+
+
+def test_cli_run_resume_passes_the_run_folder_and_nothing_else(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "smoke"
+    assert main(["deploy", "run", str(tmp_path), "--resume", str(run_dir), "--print"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.endswith(f"--run-config 'resume=\"{run_dir}\"'")
+    assert main(["deploy", "run", str(tmp_path), "configs/smoke.toml", "--resume", str(run_dir), "--print"]) == 2
+    assert "no CONFIG, --set or --output-dir" in capsys.readouterr().err
+    assert main(["deploy", "run", str(tmp_path), "configs/smoke.toml", "--print"]) == 2
+    assert "--output-dir" in capsys.readouterr().err

@@ -79,6 +79,38 @@ def test_a_late_joiner_and_a_silo_back_under_a_new_node_id_are_admitted_at_the_n
     assert (presence.online, presence.left) == ([1, 2], [0])
 
 
+@pytest.mark.parametrize("accounted", [False, True])
+def test_a_round_samples_the_partitions_online_except_under_flowers_dp_accountant(accounted):
+    import numpy as np
+
+    from fedlora.rounds import RoundLog
+    from fedlora.rules import build_rule
+    from server.strategy import AccountedFedAvgStrategy, LoraStrategy
+
+    grid = ChangingGrid(client_app, 4)
+    members = Membership(4)
+    members.discover(grid, 4)
+    rule = build_rule(load_config(None, ["federation.num_clients=4"])).start(
+        {"a.lora_A.weight": np.ones((1, 2)), "a.lora_B.weight": np.zeros((2, 1))}
+    )
+    cls = AccountedFedAvgStrategy if accounted else LoraStrategy
+    strategy = cls(rule=rule, log=RoundLog(), partition_of=members.partition_of, fraction=0.5, seed=1, config_text="")
+    strategy.membership = members
+    grid.offline = {1001, 1002}
+    available = strategy.available_partitions(grid, 1)
+    # Flower's accountant sizes its noise for num_sampled of the population: offline ones are sampled (and fail)
+    assert available == ([0, 1, 2, 3] if accounted else [0, 3]) and strategy.log[1].left == [1, 2]
+    # fraction_train of those available; the accountant's count stays that of the whole federation
+    assert len(strategy.sample_partitions(1, available)) == (2 if accounted else 1) and strategy.num_sampled == 2
+
+
+def test_dp_fedavg_needs_every_client_at_discovery():
+    with pytest.raises(ConfigError, match=r"'dp-fedavg' needs federation.min_clients = 0 \(all 3\), not 2"):
+        load_config(
+            "configs/smoke.toml", ["privacy.dp='dp-fedavg'", "federation.num_clients=3", "federation.min_clients=2"]
+        )
+
+
 def test_strict_discovery_refuses_a_partition_id_claimed_twice():
     grid = LocalGrid(client_app, 2)
     grid.contexts[1001].node_config[PARTITION_ID] = 0

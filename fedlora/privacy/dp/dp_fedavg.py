@@ -93,6 +93,12 @@ class DpFedAvg(DpMode):
             )
         if cfg.privacy.dp_noise_multiplier <= 0:
             raise ConfigError("privacy.dp = 'dp-fedavg' needs privacy.dp_noise_multiplier > 0 for a finite epsilon")
+        if cfg.federation.min_clients not in (0, cfg.federation.num_clients):
+            raise ConfigError(
+                f"privacy.dp = 'dp-fedavg' needs federation.min_clients = 0 (all {cfg.federation.num_clients}), "
+                f"not {cfg.federation.min_clients}: Flower's accountant samples from the whole population, so every "
+                "client must be known before round 1"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
