@@ -1,7 +1,8 @@
 """A FedAvg-shaped Flower strategy that delegates payloads and aggregation to a ``fedlora.rules.Rule``.
 
 Clients are addressed by partition id (not Flower's random node ids) so that sampling and
-aggregation order, and therefore the numbers, are reproducible from the seed. Each client gets
+aggregation order, and therefore the numbers, are reproducible from the seed. A round samples
+among the partitions online at its start (``server.membership``; in simulation, all of them). Each client gets
 its own payload (FlexLoRA truncates to its rank; FLoRA sends the stacks it has not merged).
 Records are converted to numpy arrays once, here; everything the server learns of a round goes
 into the ``RoundLog``.
