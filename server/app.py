@@ -102,7 +102,7 @@ def audit_at_silos(grid: Grid, cfg: ExperimentConfig, view: ModelView, membershi
     """The last message of a per-silo run: every silo online audits the final global model on its own splits.
 
     A silo that is offline, fails or times out is left out (``silos_reported`` says which answered)."""
-    online = membership.refresh(grid).online
+    online = membership.refresh().online
     partition_of = {nid: pid for nid, pid in membership.partition_of.items() if pid in online}
     arrays = {LORA_PREFIX + k: v for k, v in (view.lora or {}).items()}
     arrays.update({DELTA_PREFIX + k: v for k, v in (view.deltas or {}).items()})

@@ -49,6 +49,7 @@ class Membership:
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.counts: dict[int, dict[str, int]] = {}
         self._online: list[int] = []
+        self._grid: Grid | None = None  # the one discovery used (not a round's byte-counting wrapper)
 
     @property
     def node_of(self) -> dict[int, int]:
@@ -59,6 +60,7 @@ class Membership:
 
         Strict, unlike ``refresh``: a node that fails the query or a partition id out of range or
         claimed twice ends the run before it starts (a misconfigured silo is named at once)."""
+        self._grid = grid
         deadline = time.monotonic() + timeout
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < min_present:
@@ -86,9 +88,13 @@ class Membership:
             self._admit(reply)
         self._online = sorted(self.partition_of.values())
 
-    def refresh(self, grid: Grid) -> Presence:
+    def refresh(self, grid: Grid | None = None) -> Presence:
         """Who is online now; nodes not met before are queried and admitted (never raises: a node
-        that cannot be admitted is logged and tried again at the next round)."""
+        that cannot be admitted is logged and tried again at the next round). On discovery's grid by
+        default: a join is no message of the round (its bytes and errors are not the round's)."""
+        grid = grid or self._grid
+        if grid is None:
+            raise RuntimeError("Membership.refresh before discover")
         online_nodes = set(grid.get_node_ids())
         new = sorted(n for n in online_nodes if n not in self.partition_of)
         if new:

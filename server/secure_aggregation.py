@@ -79,9 +79,7 @@ class SecureRound:
     # ---- what the workflow calls --------------------------------------------------------
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
-        pids = self.strategy.sample_partitions(
-            server_round, self.strategy.available_partitions(self.grid, server_round)
-        )
+        pids = self.strategy.sample_partitions(server_round, self.strategy.available_partitions(server_round))
         config: dict[str, Scalar] = {
             **self.strategy.round_config(server_round),
             UPLOAD_KEYS: "\n".join(self.upload_keys),

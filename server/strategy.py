@@ -113,12 +113,12 @@ class LoraStrategy(FedAvg):
         """Clients per round with the whole federation online (what central DP's noise is sized for)."""
         return max(1, int(round(self.num_clients * self.fraction_train)))
 
-    def available_partitions(self, grid: Grid, server_round: int) -> list[int]:
+    def available_partitions(self, server_round: int) -> list[int]:
         """The partitions this round may sample: those online now (nodes met since are admitted, the
         round's record gets ``online``/``joined``/``left``), or every known one without a membership."""
         if self.membership is None:
             return sorted(self.node_of)
-        presence = self.membership.refresh(grid)
+        presence = self.membership.refresh()
         self.partition_of = self.membership.partition_of
         self.node_of = self.membership.node_of
         entry = self.log[server_round]
@@ -145,7 +145,7 @@ class LoraStrategy(FedAvg):
         self._round_started = time.perf_counter()
         self._current_round = server_round
         self.sync_global(arrays)
-        pids = self.sample_partitions(server_round, self.available_partitions(grid, server_round))
+        pids = self.sample_partitions(server_round, self.available_partitions(server_round))
         for key, value in self.round_config(server_round).items():
             config[key] = value
         messages, down = [], []

@@ -97,7 +97,7 @@ def test_a_round_samples_the_partitions_online_except_under_flowers_dp_accountan
     strategy = cls(rule=rule, log=RoundLog(), partition_of=members.partition_of, fraction=0.5, seed=1, config_text="")
     strategy.membership = members
     grid.offline = {1001, 1002}
-    available = strategy.available_partitions(grid, 1)
+    available = strategy.available_partitions(1)
     # Flower's accountant sizes its noise for num_sampled of the population: offline ones are sampled (and fail)
     assert available == ([0, 1, 2, 3] if accounted else [0, 3]) and strategy.log[1].left == [1, 2]
     # fraction_train of those available; the accountant's count stays that of the whole federation
