@@ -30,7 +30,7 @@ SILO_SPLIT_SEED = "split-seed"  # the seed of its local split (default: from run
 SILO_ON_BAD_IMAGE = "on-bad-image"  # "error" or "skip" (default: data.on_bad_image)
 SILO_NODE_KEYS = (DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_SPLIT_SEED, SILO_ON_BAD_IMAGE)
 # node_config (deployment): where a SuperNode keeps each run's client state on disk (proxy attacker, rule
-# state, DP accountant), so that a restarted SuperNode continues with it; <state-dir>/run-<run id>/
+# state, DP accountant), so that a restarted SuperNode continues with it; <state-dir>/run-<RUN_KEY>/
 NODE_STATE_DIR = "state-dir"
 SILO_COUNT_PREFIX = "silo-"  # query reply metrics: the silo's split sizes (all the server learns of its data)
 AUDIT_PREFIX = "audit/"  # evaluate reply metrics: "audit/<attack>/<metric>", a silo's audit of the global model
