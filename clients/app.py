@@ -1,7 +1,10 @@
 """Flower ClientApp (Message API): a thin adapter over ``fedlora.local_training``.
 
 The experiment config arrives in every train message, so a client needs nothing but its
-partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``).
+partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``). With
+``data.dataset = "silo"`` (deployment) it also reads its own image folder from its node config
+(``data-path``, ``fedlora.data.silo``), tells the server only its split sizes, and audits the
+final global model on its own splits (``evaluate``), replying with metrics only.
 Per-client state that must outlive a round (the objective's proxy attacker, the rule's kept
 factors, the DP accountant) lives in ``context.state``. Records are converted to arrays once,
 here, on the way in and on the way out.
@@ -21,18 +24,25 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from fedlora import checkpoint
-from fedlora.config import ExperimentConfig, loads_config
+from fedlora.config import ConfigError, ExperimentConfig, loads_config
+from fedlora.data import SiloData, load_silo, uses_silo_data
+from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail
 from fedlora.local_training import ClientRoundResult, client_round, round_seed
+from fedlora.models.lora import ModelView
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
     ARRAYS,
+    AUDIT_NOTES,
     CLIENT_STATE,
     CONFIG,
     CONFIG_KEY,
+    DELTA_PREFIX,
     DP_STATE,
     EVAL_ONLY_PREFIX,
+    LORA_PREFIX,
     METRICS,
+    NODE_STATE_DIR,
     NUM_EXAMPLES,
     OBJECTIVE_STATE,
     ORACLE,
@@ -42,12 +52,14 @@ from fedlora.protocol import (
     PLACEMENT,
     RAY_NODE_ID,
     RULE_STATE,
+    RUN_KEY,
     SECAGG_CLIPPED,
     SECAGG_MAX_WEIGHT,
     STATE_DIR,
     UPLOAD_KEYS,
     integer,
 )
+from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings
 from fedlora.simulation import ray_node_id
 
@@ -94,11 +106,21 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[PARTITION_ID])
 
 
+def silo_of(cfg: ExperimentConfig, context: Context) -> SiloData | None:
+    """This node's own data when the run uses per-silo data (its node config names the folder)."""
+    return load_silo(context.node_config, cfg) if uses_silo_data(cfg) else None
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """The partition id; with the oracle flag (simulation only), also the last plain upload."""
+    """The partition id (and, for a per-silo run, the split sizes: all the server learns of the data);
+    with the oracle flag (simulation only), also the last plain upload."""
     metrics = MetricRecord({PARTITION_ID: partition_id(context)})
     config = msg.content.config_records.get(CONFIG)
+    if config is not None and CONFIG_KEY in config:
+        silo = silo_of(loads_config(str(config[CONFIG_KEY])), context)  # a bad data-path fails discovery
+        if silo is not None:
+            metrics.update(silo.counts())
     if config is not None and config.get(ORACLE) and ORACLE_STATE in context.state:
         return Message(RecordDict({ARRAYS: context.state.array_records[ORACLE_STATE], METRICS: metrics}), reply_to=msg)
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
@@ -114,7 +136,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), integer(config, "server-round")
     payload = arrays_of(msg.content.array_records[ARRAYS])
-    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, state_dir_of(config, context))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     # Flower expects one ArrayRecord per reply: audit-only arrays ride along under a key prefix
     arrays = {**result.upload, **{EVAL_ONLY_PREFIX + k: v for k, v in result.eval_only.items()}}
@@ -139,7 +161,7 @@ def secure_train(msg: Message, context: Context) -> Message:
     cfg = loads_config(str(config[CONFIG_KEY]))
     pid, server_round = partition_id(context), int(config["server-round"])
     payload = dict(zip(str(config[PAYLOAD_KEYS]).split("\n"), parameters_to_ndarrays(fitins.parameters)))
-    result, metrics = train_locally(cfg, pid, payload, server_round, context, config.get(STATE_DIR))
+    result, metrics = train_locally(cfg, pid, payload, server_round, context, state_dir_of(config, context))
     maybe_fail(cfg.simulation.fail_clients, pid, server_round)
     dp = build_dp_mode(cfg)
     upload = dp.secure_upload(result.upload, payload)
@@ -165,6 +187,46 @@ def secure_train(msg: Message, context: Context) -> Message:
         metrics,
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """A per-silo run's audit: attack the global model sent here on this silo's own splits, reply metrics only."""
+    cfg = loads_config(str(msg.content.config_records[CONFIG][CONFIG_KEY]))
+    silo = silo_of(cfg, context)
+    if silo is None:
+        raise ValueError(f"an audit request for a run whose data.dataset = {cfg.data.dataset!r}; only 'silo' runs ask")
+    torch.set_num_threads(cfg.simulation.num_cpus_per_client)
+    arrays = arrays_of(msg.content.array_records[ARRAYS])
+    lora = {k[len(LORA_PREFIX) :]: v for k, v in arrays.items() if k.startswith(LORA_PREFIX)}
+    deltas = {k[len(DELTA_PREFIX) :]: v for k, v in arrays.items() if k.startswith(DELTA_PREFIX)}
+    view = ModelView(lora=lora or None, deltas=deltas or None)
+    pid = partition_id(context)
+    audit, notes = audit_silo(cfg, get_runtime(cfg), silo, view, pid)
+    metrics: dict[str, Any] = {PARTITION_ID: pid, **silo.counts(), **audit}
+    return Message(
+        RecordDict({METRICS: MetricRecord(metrics), AUDIT_NOTES: ConfigRecord(dict(notes.items()))}), reply_to=msg
+    )
+
+
+def state_dir_of(config: Any, context: Context) -> str | None:
+    """Where this client's persistent state goes on disk: the server's checkpoint folder (simulation, for a
+    resume), else this SuperNode's node-config ``state-dir``, one folder per run (a restarted SuperNode
+    continues with it; named by the server's run key, which a resumed run keeps, else by Flower's run
+    id), else nowhere (the state lives in ``context.state`` only)."""
+    if config.get(STATE_DIR):
+        return str(config[STATE_DIR])
+    if NODE_STATE_DIR not in context.node_config:
+        return None
+    folder = context.node_config[NODE_STATE_DIR]
+    if not isinstance(folder, str) or not folder:
+        raise ConfigError(
+            f'node_config {NODE_STATE_DIR!r} must be a folder path ({NODE_STATE_DIR}="..."), got {folder!r}'
+        )
+    run = str(config[RUN_KEY]) if config.get(RUN_KEY) else str(context.run_id)
+    if not run.replace("-", "").isalnum():
+        raise ValueError(f"the server's {RUN_KEY!r} = {run!r} is no folder name (letters, digits and '-' only)")
+    return str(Path(folder).expanduser() / f"run-{run}")
 
 
 PERSISTENT = (OBJECTIVE_STATE, RULE_STATE, DP_STATE)  # array records that outlive a round; CLIENT_STATE: counts
@@ -197,8 +259,8 @@ def train_locally(
 ) -> tuple[ClientRoundResult, dict[str, Any]]:
     """One local round with this client's persistent state; the result and its reply metrics.
 
-    ``state_dir`` (simulation): where the state is saved after the round, and read from when this
-    client's in-memory state is empty (a resumed run)."""
+    ``state_dir`` (``state_dir_of``): where the state is saved after the round, and read from when this
+    client's in-memory state is empty (a resumed run, a restarted SuperNode)."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     state = context.state
     if state_dir and CLIENT_STATE not in state:
@@ -215,6 +277,7 @@ def train_locally(
         objective_state=tensors(OBJECTIVE_STATE),
         kept=arrays_of(state.array_records[RULE_STATE]) if RULE_STATE in state else None,
         dp_state=tensors(DP_STATE),
+        silo=silo_of(cfg, context),
     )
     if result.objective_state:
         state[OBJECTIVE_STATE] = ArrayRecord(result.objective_state)

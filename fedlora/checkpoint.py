@@ -17,7 +17,7 @@ import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .models.lora import ModelView
 from .reports import Timing
 from .rounds import RoundLog, RoundRecord
 from .run_status import COMPLETE, FAILED, INTERRUPTED, RUNNING, incomplete_reason, read_status, write_status
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
 
 __all__ = ["COMPLETE", "FAILED", "INTERRUPTED", "RUNNING", "incomplete_reason", "read_status", "write_status"]
 
@@ -163,6 +166,19 @@ def load_server(run_dir: Path) -> dict[str, Any]:
             "start the run again instead"
         )
     return load_tree(folder, SERVER_STEM)
+
+
+def resume_config(run_dir: Path) -> ExperimentConfig:
+    """The config a run folder was started with, once it is known to hold a checkpoint (``fedlora run
+    --resume``, and a deployment's run config ``resume``): refused before anything starts otherwise."""
+    from .config import load_config
+    from .outputs import CONFIG_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir / CONFIG_FILE} is missing: {run_dir} is not a fedlora run folder")
+    load_server(run_dir)
+    return load_config(run_dir / CONFIG_FILE)
 
 
 def finish(run_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ``fedlora`` command: pretrain the embedded base, run an experiment, re-evaluate and compare runs."""
+"""The ``fedlora`` command: pretrain the embedded base, run an experiment, re-evaluate and compare runs,
+deploy across silos."""
 
 from __future__ import annotations
 
@@ -56,8 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import interrupt
-    from .checkpoint import load_server
-    from .outputs import CONFIG_FILE
+    from .checkpoint import resume_config
     from .simulation import run_experiment
 
     resume = Path(args.resume) if args.resume else None
@@ -66,10 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if resume is not None:
         if args.overrides:
             raise ConfigError("--resume continues the run as it was configured: --set is not allowed with it")
-        if not (resume / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{resume / CONFIG_FILE} is missing: {resume} is not a fedlora run folder")
-        load_server(resume)  # refuse a folder without a checkpoint before anything starts
-        cfg = load_config(resume / CONFIG_FILE)
+        cfg = resume_config(resume)  # refuses a folder without a checkpoint before anything starts
     else:
         cfg = load_config(args.config, args.overrides)
     try:
@@ -129,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dirs", nargs="+", help="run folders")
     p.add_argument("--out", default="runs/comparison", help="folder for comparison.md and privacy_quality.png")
     p.set_defaults(func=_cmd_compare)
+    from .deploy_cli import add_parser as add_deploy
+
+    add_deploy(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -151,6 +151,10 @@ class FederationConfig:
     # with fewer accepted updates is skipped (the global model stays as it was).
     max_update_norm: float = setting(0.0, min=0.0)
     min_clients_per_round: int = setting(1, min=1)
+    # Deployment: client discovery starts the run once this many SuperNodes are online (0: all
+    # num_clients). Each round samples among the nodes online then; one that joins later, or comes
+    # back, is used from the next round (server/membership.py).
+    min_clients: int = setting(0, min=0)
     # Secure aggregation with Flower's SecAgg+ (fedlora/secure_aggregation.py says what the server
     # then sees). num_shares: a count (an integer >= 3) or, if <= 1, a fraction of the round's
     # sampled clients; reconstruction_threshold: a count below num_shares or a fraction of it.
@@ -405,6 +409,11 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"privacy.dp_sampling_amplification = true needs privacy.dp = one of {able} (the modes that account "
             f"the server's client sampling), not {cfg.privacy.dp!r}"
         )
+    if cfg.federation.min_clients > cfg.federation.num_clients:
+        raise ConfigError(
+            f"federation.min_clients = {cfg.federation.min_clients} exceeds federation.num_clients = "
+            f"{cfg.federation.num_clients}: discovery would wait for SuperNodes that cannot exist (0 means all)"
+        )
     _check_secure_aggregation(cfg)
     RULES.get(cfg.federation.aggregation).validate(cfg)
     OBJECTIVES.get(cfg.train.method).validate(cfg)
@@ -419,6 +428,11 @@ MODULUS_RANGE = 2**32  # Flower's largest mask modulus; masked values live in [0
 def count_or_fraction(value: float) -> int | float:
     """Flower's convention: a float in (0, 1] is a fraction, anything else a count."""
     return float(value) if value <= 1 else int(value)
+
+
+def min_clients_present(cfg: ExperimentConfig) -> int:
+    """How many SuperNodes client discovery waits for (``federation.min_clients``, 0 meaning all)."""
+    return cfg.federation.min_clients or cfg.federation.num_clients
 
 
 def sampled_per_round(cfg: ExperimentConfig) -> int:

@@ -67,13 +67,16 @@ def finalize_run(
     outputs: RunOutputs,
     cfg: ExperimentConfig,
     runtime: ModelRuntime,
-    splits: Splits,
+    splits: Splits | None,
     view: ModelView,
     result: RunResult,
     started: float,
     client_views: Mapping[int, ModelView] | None = None,
 ) -> RunSummary:
-    """Write every output; ``started`` (a perf_counter time) closes the run's wall time."""
+    """Write every output; ``started`` (a perf_counter time) closes the run's wall time.
+
+    ``splits`` None: a per-silo run, whose server holds no data; its ``result.privacy`` holds the
+    silos' own audits, and there are no member samples or quality scores to compute here."""
     t0 = time.perf_counter()
     adapter, adapter_model = adapter_of_view(view, runtime.initial, runtime.scaling, cfg.model)
     save_adapter(
@@ -96,7 +99,7 @@ def evaluate_outputs(
     outputs: RunOutputs,
     cfg: ExperimentConfig,
     runtime: ModelRuntime,
-    splits: Splits,
+    splits: Splits | None,
     view: ModelView,
     client_views: Mapping[int, ModelView],
     result: RunResult,
@@ -105,17 +108,21 @@ def evaluate_outputs(
 ) -> RunSummary:
     """Samples, quality, membership audit and figures of a finished run; its summary (not yet written)."""
     runtime.show(view)
-    save_member_samples(outputs.path(SAMPLES_FILE), cfg, runtime, splits)
-    result.quality = measure_quality(cfg, runtime, splits, view)
-    dataset = load_dataset(cfg.data)
-    result.privacy, attack_results = evaluate_membership(cfg, runtime, dataset, splits, view, client_views)
+    attack_results: dict = {}
+    skipped: Sequence[str] = ()
+    if splits is not None:
+        save_member_samples(outputs.path(SAMPLES_FILE), cfg, runtime, splits)
+        result.quality = measure_quality(cfg, runtime, splits, view)
+        dataset = load_dataset(cfg.data)
+        skipped = dataset.skipped_files
+        result.privacy, attack_results = evaluate_membership(cfg, runtime, dataset, splits, view, client_views)
     if attack_results:
         plot_roc(outputs.path(ROC_FIGURE), attack_results)
     plot_training(outputs.path(TRAINING_FIGURE), outputs.read_metrics())
     result.timing.eval_s += time.perf_counter() - t0
     if started is not None:
         result.timing.total_s = time.perf_counter() - started
-    summary = build_summary(cfg, result, dataset.skipped_files)
+    summary = build_summary(cfg, result, skipped)
     if result.secure_aggregation and summary.privacy.clients:
         summary.privacy.clients_from = ORACLE_LABEL  # under SecAgg+ only the simulation's oracle has client updates
     return summary

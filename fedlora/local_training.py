@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .config import ExperimentConfig, PrivacyConfig
-from .data import load_dataset
+from .data import SiloData, load_dataset
 from .device import NO_MIXED, autocast
 from .evaluation.attacks.base import AttackSets
 from .evaluation.membership import attack_sets
@@ -92,15 +92,18 @@ def client_round(
     objective_state: Mapping[str, torch.Tensor] | None = None,
     kept: Mapping[str, np.ndarray] | None = None,
     dp_state: Mapping[str, torch.Tensor] | None = None,
+    silo: SiloData | None = None,
 ) -> ClientRoundResult:
     """One client's round with torch's global generator seeded from (run seed, client, round).
 
     The proxy attacker's dropout draws from that generator; unseeded, its masks depended on
     whatever the Ray worker had run before, so MP-/SMP-LoRA numbers changed from run to run.
+    ``silo``: this client's own data and split (deployment, data.dataset = "silo"); None: its
+    partition of the config's dataset.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(round_seed(cfg.run.seed, client_id, server_round, 5))
-        return _client_round(cfg, client_id, payload, server_round, objective_state, kept or {}, dp_state)
+        return _client_round(cfg, client_id, payload, server_round, objective_state, kept or {}, dp_state, silo)
 
 
 def _client_round(
@@ -111,6 +114,7 @@ def _client_round(
     objective_state: Mapping[str, torch.Tensor] | None,
     kept: Mapping[str, np.ndarray],
     dp_state: Mapping[str, torch.Tensor] | None,
+    silo: SiloData | None = None,
 ) -> ClientRoundResult:
     """Build the adapter from what the server sent (``payload``) and what this client kept, train
     on its members, and return what the aggregation rule uploads and keeps."""
@@ -121,13 +125,16 @@ def _client_round(
     rule, dp = build_rule(cfg), build_dp_mode(cfg)
     objective_cls = objective_class(cfg.train.method)
     runtime = get_runtime(cfg, client_rank(cfg, client_id))
-    splits, dataset = get_splits(cfg), load_dataset(cfg.data)
-    members = runtime.encode(dataset, splits.clients[client_id].members)
+    if silo is None:
+        splits, dataset, index = get_splits(cfg), load_dataset(cfg.data), client_id
+    else:
+        splits, dataset, index = silo.splits, silo.dataset, 0
+    members = runtime.encode(dataset, splits.clients[index].members)
     seed = round_seed(cfg.run.seed, client_id, server_round)
     gen = torch.Generator().manual_seed(round_seed(seed, 1))
     batches = (
         membership_batches(
-            runtime, attack_sets(runtime, dataset, splits, [client_id]), gen, cfg.privacy, cfg.train.mixed_precision
+            runtime, attack_sets(runtime, dataset, splits, [index]), gen, cfg.privacy, cfg.train.mixed_precision
         )
         if objective_cls.needs_aux
         else None

@@ -13,6 +13,7 @@ from .errors import RunFolderError
 
 CONFIG_FILE = "config.toml"
 SPLITS_FILE = "splits.json"
+SILOS_FILE = "silos.json"  # a per-silo run's split sizes, as each silo reported them (it has no splits.json)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"

@@ -24,6 +24,27 @@ ORACLE_STATE = "oracle-upload"  # where a client keeps that upload
 PLACEMENT = "placement"  # reply ConfigRecord: where the client ran (its Ray node id under simulation)
 RAY_NODE_ID = "ray-node-id"
 STATE_DIR = "fedlora-state-dir"  # simulation: where clients save their persistent state for a resume
+# Per-silo data (deployment, data.dataset = "silo"): node_config keys each SuperNode is started with
+DATA_PATH = "data-path"  # the silo's image folder (metadata.jsonl or .txt captions)
+SILO_MEMBERS = "members"  # how many of its images the silo trains on (default: data.members_per_client)
+SILO_NONMEMBERS = "nonmembers"  # how many it holds out for the audit (default: data.nonmembers_per_client)
+SILO_SPLIT_SEED = "split-seed"  # the seed of its local split (default: from run.seed and partition id)
+SILO_ON_BAD_IMAGE = "on-bad-image"  # "error" or "skip" (default: data.on_bad_image)
+SILO_NODE_KEYS = (DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_SPLIT_SEED, SILO_ON_BAD_IMAGE)
+# node_config (deployment): where a SuperNode keeps each run's client state on disk (proxy attacker, rule
+# state, DP accountant), so that a restarted SuperNode continues with it; <state-dir>/run-<RUN_KEY>/
+NODE_STATE_DIR = "state-dir"
+SILO_COUNT_PREFIX = "silo-"  # query reply metrics: the silo's split sizes (all the server learns of its data)
+AUDIT_PREFIX = "audit/"  # evaluate reply metrics: "audit/<attack>/<metric>", a silo's audit of the global model
+AUDIT_NOTES = "audit-notes"  # evaluate reply ConfigRecord: "<attack>/<metric>" -> why it is not measurable
+AUDIT_WITHHELD = "audit-withheld"  # evaluate reply metric: 1 when the silo's DP mode keeps its audit metrics in
+LORA_PREFIX = "lora/"  # evaluate message arrays: the global model's adapter ...
+DELTA_PREFIX = "delta/"  # ... and its dense deltas (rules whose global model is no rank-r LoRA)
+OUTPUT_DIR = "output-dir"  # run config (flwr run --run-config): where the run folder goes, absolute
+RESUME = "resume"  # run config: a run folder (absolute, on the SuperLink's host) to continue from its checkpoint
+# train message config: the run's own id, kept by a resumed run (Flower gives that a new run id), so that a
+# SuperNode's state-dir folder for the run, <state-dir>/run-<key>/, is found again
+RUN_KEY = "fedlora-run-key"
 
 
 def number(record: Mapping[str, Any], key: str) -> float:

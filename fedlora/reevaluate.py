@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ConfigError, ExperimentConfig, load_config, parse_override
-from .data import Splits
+from .data import Splits, uses_silo_data
 from .errors import RunFolderError
 from .finalize import RunResult, evaluate_outputs
 from .models.lora import ADAPTER_WEIGHTS, ModelView
@@ -95,6 +95,11 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
             raise ConfigError(f"fedlora evaluate only changes [evaluation] keys; {key!r} would describe another run")
     read_config(root / CONFIG_FILE)  # the file as written; the overrides' own errors name the override
     cfg = load_config(root / CONFIG_FILE, overrides)
+    if uses_silo_data(cfg):
+        raise ConfigError(
+            f"{root} is a per-silo run (data.dataset = 'silo'): its audit ran at the silos, and this machine "
+            "holds none of their data to attack the model with again"
+        )
     outputs = RunOutputs(root)
     old = load_summary(root)
     splits = read_splits(root / SPLITS_FILE)

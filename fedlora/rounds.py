@@ -1,6 +1,6 @@
 """What the server records of each round, in one object (no shared dicts).
 
-The strategy writes the sampling, the bytes sent and received, each client's reply metrics,
+The strategy writes who was online (deployment), the sampling, the bytes sent and received, each client's reply metrics,
 the failed replies, the rejected updates and why a round was skipped; the DP mode reads the
 clients' metrics for its accounting; the ServerApp turns a round into its ``metrics.jsonl``
 row and the run's communication and failure totals.
@@ -37,6 +37,10 @@ def plain_reason(reason: str) -> str:
 
 @dataclass
 class RoundRecord:
+    # deployment: the partitions online when the round started, and which came or went since the last one
+    online: list[int] | None = None
+    joined: list[int] | None = None
+    left: list[int] | None = None
     sampled: list[int] | None = None  # partition ids, sorted
     bytes_down_per_client: float | None = None
     failures: list[str] | None = None  # "partition P: reason" per failed (or missing) reply
@@ -63,8 +67,12 @@ class RoundRecord:
         return self.clients is not None
 
     def row(self) -> dict[str, Any]:
-        """The round's fields for its metrics.jsonl row (unset ones left out)."""
-        return {k: v for k, v in vars(self).items() if v is not None}
+        """The round's fields for its metrics.jsonl row (unset ones left out), with its failure counts."""
+        row = {k: v for k, v in vars(self).items() if v is not None}
+        if self.failures is not None or self.rejected is not None:
+            row["failed_replies"] = len(self.failures or [])
+            row["rejected_updates"] = len(self.rejected or [])
+        return row
 
 
 @dataclass

@@ -79,7 +79,7 @@ class SecureRound:
     # ---- what the workflow calls --------------------------------------------------------
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
-        pids = self.strategy.sample_partitions(server_round)
+        pids = self.strategy.sample_partitions(server_round, self.strategy.available_partitions(server_round))
         config: dict[str, Scalar] = {
             **self.strategy.round_config(server_round),
             UPLOAD_KEYS: "\n".join(self.upload_keys),
@@ -96,7 +96,7 @@ class SecureRound:
             )
             out.append((GridClientProxy(self.strategy.node_of[pid], self.grid, self.run_id), fitins))
         entry = self.log[server_round]
-        entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down))
+        entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down)) if down else None
         return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, FitRes]], failures: list) -> tuple:

@@ -1,7 +1,8 @@
 """A FedAvg-shaped Flower strategy that delegates payloads and aggregation to a ``fedlora.rules.Rule``.
 
 Clients are addressed by partition id (not Flower's random node ids) so that sampling and
-aggregation order, and therefore the numbers, are reproducible from the seed. Each client gets
+aggregation order, and therefore the numbers, are reproducible from the seed. A round samples
+among the partitions online at its start (``server.membership``; in simulation, all of them). Each client gets
 its own payload (FlexLoRA truncates to its rank; FLoRA sends the stacks it has not merged).
 Records are converted to numpy arrays once, here; everything the server learns of a round goes
 into the ``RoundLog``.
@@ -33,6 +34,7 @@ from fedlora.protocol import (
     PARTITION_ID,
     PLACEMENT,
     RAY_NODE_ID,
+    RUN_KEY,
     STATE_DIR,
     integer,
     number,
@@ -40,6 +42,8 @@ from fedlora.protocol import (
 from fedlora.rounds import RoundLog, plain_reason
 from fedlora.rules import Rule
 from fedlora.update_validation import MALFORMED, Rejection, Reply, screen
+
+from .membership import Membership
 
 logger = logging.getLogger("fedlora")
 
@@ -57,6 +61,8 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 class LoraStrategy(FedAvg):
+    samples_online_only = True  # a round samples among the partitions online at its start
+
     def __init__(
         self,
         *,
@@ -68,8 +74,9 @@ class LoraStrategy(FedAvg):
         config_text: str,
         max_update_norm: float = 0.0,
         min_clients: int = 1,
+        num_clients: int | None = None,
     ):
-        n = len(partition_of)
+        n = len(partition_of) if num_clients is None else num_clients
         super().__init__(
             fraction_train=fraction,
             fraction_evaluate=0.0,
@@ -85,27 +92,49 @@ class LoraStrategy(FedAvg):
         self.config_text = config_text
         self.max_update_norm = max_update_norm
         self.min_clients = min_clients
+        self.num_clients = n  # the federation's size (config), whoever is online
+        self.membership: Membership | None = None  # the ServerApp's: who is online at each round
         self.sent: dict[int, dict[str, np.ndarray]] = {}  # this round's payload of each sampled client
         self.stop_reason: str | None = None  # set when a round had no accepted update
         self._round_started = 0.0
         self._current_round = 0
         self.client_state_dir: str | None = None  # simulation: clients save their state there (resume)
+        self.run_key = ""  # the run's own id (RUN_KEY): a SuperNode's state-dir folder for this run
 
     def round_config(self, server_round: int) -> dict[str, str | int]:
         """What every train message of the round carries besides the payload."""
         config: dict[str, str | int] = {"server-round": server_round, CONFIG_KEY: self.config_text}
         if self.client_state_dir:
             config[STATE_DIR] = self.client_state_dir
+        if self.run_key:
+            config[RUN_KEY] = self.run_key
         return config
 
     @property
     def num_sampled(self) -> int:
-        return max(1, int(round(len(self.node_of) * self.fraction_train)))
+        """Clients per round with the whole federation online (what central DP's noise is sized for)."""
+        return max(1, int(round(self.num_clients * self.fraction_train)))
 
-    def sample_partitions(self, server_round: int) -> list[int]:
-        pids = sorted(self.node_of)
+    def available_partitions(self, server_round: int) -> list[int]:
+        """The partitions this round may sample: those online now (nodes met since are admitted, the
+        round's record gets ``online``/``joined``/``left``), or every known one without a membership."""
+        if self.membership is None:
+            return sorted(self.node_of)
+        presence = self.membership.refresh()
+        self.partition_of = self.membership.partition_of
+        self.node_of = self.membership.node_of
+        entry = self.log[server_round]
+        entry.online, entry.joined, entry.left = presence.online, presence.joined, presence.left
+        return presence.online if self.samples_online_only else sorted(self.node_of)
+
+    def sample_partitions(self, server_round: int, available: list[int] | None = None) -> list[int]:
+        """``fraction_train`` of the available partitions (default: all known), seeded by (seed, round)."""
+        pids = sorted(self.node_of if available is None else available)
+        if not pids:
+            return []
+        size = max(1, int(round(len(pids) * self.fraction_train)))
         rng = np.random.default_rng([self.seed, server_round, 7])
-        return sorted(int(p) for p in rng.choice(pids, size=self.num_sampled, replace=False))
+        return sorted(int(p) for p in rng.choice(pids, size=size, replace=False))
 
     def sync_global(self, arrays: ArrayRecord) -> None:
         """The rule takes what Flower carries between rounds (central DP's noise included)."""
@@ -118,7 +147,7 @@ class LoraStrategy(FedAvg):
         self._round_started = time.perf_counter()
         self._current_round = server_round
         self.sync_global(arrays)
-        pids = self.sample_partitions(server_round)
+        pids = self.sample_partitions(server_round, self.available_partitions(server_round))
         for key, value in self.round_config(server_round).items():
             config[key] = value
         messages, down = [], []
@@ -131,7 +160,7 @@ class LoraStrategy(FedAvg):
             content = RecordDict({self.arrayrecord_key: record, self.configrecord_key: config})
             messages.append(Message(content=content, message_type="train", dst_node_id=self.node_of[pid]))
         entry = self.log[server_round]
-        entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down))
+        entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down)) if down else None
         return messages
 
     def record_replies(self, server_round: int, contents: list[RecordDict]) -> tuple[dict, dict, dict]:
@@ -282,6 +311,9 @@ class AccountedFedAvgStrategy(LoraStrategy):
     """
 
     aggregate_train = FedAvg.aggregate_train
+    # Flower's accountant sizes the noise and the privacy event for num_sampled of the whole population:
+    # every known partition is sampled, online or not (an offline one fails the round, which is not released)
+    samples_online_only = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -11,9 +11,11 @@ from . import mnist  # noqa: F401
 from . import digits  # noqa: F401
 from . import openmoji  # noqa: F401
 from . import image_folder  # noqa: F401
+from . import silo  # noqa: F401
 
 # isort: on
 from .base import DatasetError, DatasetSource, ImageDataset
+from .silo import SiloData, load_silo, uses_silo_data
 from .splits import ClientSplit, Splits, make_splits, public_subset
 
 _CACHE: dict[tuple, ImageDataset] = {}
@@ -33,8 +35,11 @@ __all__ = [
     "DatasetError",
     "DatasetSource",
     "ImageDataset",
+    "SiloData",
     "Splits",
     "load_dataset",
+    "load_silo",
     "make_splits",
     "public_subset",
+    "uses_silo_data",
 ]

@@ -155,10 +155,12 @@ class LeakageTable:
     client_rows: tuple[LeakageRow, ...]  # each client's attacks, then one mean row per attack
     unrecorded: tuple[Column, ...]  # columns no entry has at all (an older summary)
     notes: tuple[Entry, ...]  # registry entries of the attacks in the table, unknown names left out
+    # per-silo runs: the global model as each silo attacked it on its own sets, then a mean row per attack
+    silo_rows: tuple[LeakageRow, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.global_rows and not self.client_rows
+        return not self.global_rows and not self.client_rows and not self.silo_rows
 
 
 def _cell(metrics: Metrics, column: Column, unrecorded: tuple[Column, ...]) -> Cell:
@@ -186,7 +188,7 @@ def _row(target: str, attack: str, metrics: Metrics, unrecorded: tuple[Column, .
     )
 
 
-def _mean_row(attack: str, entries: list[Metrics]) -> LeakageRow:
+def _mean_row(attack: str, entries: list[Metrics], one: str = "client") -> LeakageRow:
     cells = []
     for column in LEAKAGE_COLUMNS:
         found = (auc_deviation(m) if column.key == "auc_dev" else m.number(column.key) for m in entries)
@@ -194,7 +196,7 @@ def _mean_row(attack: str, entries: list[Metrics]) -> LeakageRow:
         if not vals:
             unmeasurable = all(unresolvable(m, column.key) for m in entries)
             cells.append(
-                Cell(None, why="not measurable for any client" if unmeasurable else "", unmeasurable=unmeasurable)
+                Cell(None, why=f"not measurable for any {one}" if unmeasurable else "", unmeasurable=unmeasurable)
             )
         elif column.spec == "d":
             cells.append(Cell(fmt(sum(vals), "d")))
@@ -202,7 +204,7 @@ def _mean_row(attack: str, entries: list[Metrics]) -> LeakageRow:
             cells.append(
                 Cell(fmt(sum(vals) / len(vals), column.spec), f"({len(vals)})" if len(vals) != len(entries) else "")
             )
-    return LeakageRow("all clients", attack, tuple(cells), f"mean over {len(entries)} clients (n summed)", mean=True)
+    return LeakageRow(f"all {one}s", attack, tuple(cells), f"mean over {len(entries)} {one}s (n summed)", mean=True)
 
 
 def attack_notes(names: Iterable[str]) -> tuple[Entry, ...]:
@@ -211,23 +213,35 @@ def attack_notes(names: Iterable[str]) -> tuple[Entry, ...]:
     return tuple(known[n] for n in names if n in known)
 
 
+def _per_party_rows(
+    parties: dict[str, dict[str, Metrics]], names: list[str], unrecorded: tuple[Column, ...], who: str
+) -> list[LeakageRow]:
+    ids = by_client_id(parties)
+    rows = [_row(f"{who} {c}", a, m, unrecorded) for c in ids for a, m in parties[c].items()]
+    for a in names:
+        each = [parties[c][a] for c in ids if a in parties[c]]
+        if each:
+            rows.append(_mean_row(a, each, who))
+    return rows
+
+
 def leakage_table(privacy: Privacy) -> LeakageTable:
     clients = by_client_id(privacy.clients)
-    entries = [*privacy.global_model.values(), *(m for c in clients for m in privacy.clients[c].values())]
+    entries = [
+        *privacy.global_model.values(),
+        *(m for c in clients for m in privacy.clients[c].values()),
+        *(m for attacks in privacy.silos.values() for m in attacks.values()),
+    ]
     unrecorded = tuple(
         c for c in LEAKAGE_COLUMNS if entries and c.key != "auc_dev" and not any(c.key in m for m in entries)
     )
     names = privacy.attack_names()
-    client_rows = [_row(f"client {c}", a, m, unrecorded) for c in clients for a, m in privacy.clients[c].items()]
-    for a in names:
-        per_client = [privacy.clients[c][a] for c in clients if a in privacy.clients[c]]
-        if per_client:
-            client_rows.append(_mean_row(a, per_client))
     return LeakageTable(
         tuple(_row("global", a, m, unrecorded) for a, m in privacy.global_model.items()),
-        tuple(client_rows),
+        tuple(_per_party_rows(privacy.clients, names, unrecorded, "client")),
         unrecorded,
         attack_notes(names),
+        tuple(_per_party_rows(privacy.silos, names, unrecorded, "silo")),
     )
 
 

@@ -34,12 +34,16 @@ def plot_training(path: str | Path, rows: list[dict]) -> None:
     plt = _pyplot()
     has_attacker = any("attacker_acc" in c for r in rows for c in r.get("clients", {}).values())
     fig, axes = plt.subplots(1, 3 if has_attacker else 2, figsize=(15 if has_attacker else 10, 3.6))
-    rounds = [r["round"] for r in rows]
-    axes[0].plot(rounds, [r["member_loss"] for r in rows], "o-", label="members (global model)")
-    axes[0].plot(rounds, [r["nonmember_loss"] for r in rows], "s--", label="non-members (global model)")
+    tracked = [r for r in rows if "member_loss" in r]  # a per-silo run's server has no data to track
+    rounds = [r["round"] for r in tracked]
+    axes[0].plot(rounds, [r["member_loss"] for r in tracked], "o-", label="members (global model)")
+    axes[0].plot(rounds, [r["nonmember_loss"] for r in tracked], "s--", label="non-members (global model)")
     axes[0].set_xlabel("round")
     axes[0].set_ylabel("mean denoising loss")
-    axes[0].legend()
+    if tracked:
+        axes[0].legend()
+    else:
+        axes[0].set_title("not tracked: the server holds no member data (per-silo run)")
     withheld = 0
     for r in rows:
         clients = list(r.get("clients", {}).values())

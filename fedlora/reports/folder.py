@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, ExperimentConfig, load_config
-from ..outputs import CONFIG_FILE, METRICS_FILE, SPLITS_FILE, SUMMARY_FILE
+from ..outputs import CONFIG_FILE, METRICS_FILE, SILOS_FILE, SPLITS_FILE, SUMMARY_FILE
 from .summary import RunSummary
 
 
@@ -60,8 +60,11 @@ class RunFolder:
         return data
 
     def _splits(self) -> dict[str, Any] | None:
-        """splits.json with ``clients`` as client id -> sets (older layouts: a list; entries not objects dropped)."""
-        splits = self._json(SPLITS_FILE)
+        """splits.json with ``clients`` as client id -> sets (older layouts: a list; entries not objects dropped).
+
+        A per-silo run has no splits.json (its server never saw a sample id): silos.json, the sizes
+        each silo reported, stands in for it."""
+        splits = self._json(SILOS_FILE if self.has(SILOS_FILE) and not self.has(SPLITS_FILE) else SPLITS_FILE)
         if splits is None:
             return None
         clients = splits.get("clients")

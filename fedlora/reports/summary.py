@@ -160,6 +160,9 @@ class Privacy:
     clients_from: str | None = None  # where the client rows come from when not from this evaluation
     verdict: Metrics | None = None  # per view: the best attack and whether its corrected interval excludes 0.5
     metric_keys: Metrics | None = None  # what each leakage key means (test-ROC vs aux-threshold TPR)
+    # per-silo runs: silo id -> attacks on the global model that silo ran on its own sets, and what they cover
+    silos: dict[str, Attacks] = field(default_factory=dict)
+    silo_audit: Metrics | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -170,16 +173,21 @@ class Privacy:
             "dp": Mapping,
             "verdict": Mapping,
             "metric_keys": Mapping,
+            "silos": Mapping,
+            "silo_audit": Mapping,
         }
         known, extra = _split(cls, data, shapes)
         # a client entry that is not an object has no attack to show
         clients = {str(c): _attacks(a) for c, a in known.pop("clients", {}).items() if isinstance(a, Mapping)}
+        silos = {str(c): _attacks(a) for c, a in known.pop("silos", {}).items() if isinstance(a, Mapping)}
         return cls(
             global_model=_attacks(known.pop("global_model", {})),
             clients=clients,
             dp=Metrics(known.pop("dp")) if "dp" in known else None,
             verdict=Metrics(known.pop("verdict")) if "verdict" in known else None,
             metric_keys=Metrics(known.pop("metric_keys")) if "metric_keys" in known else None,
+            silos=silos,
+            silo_audit=Metrics(known.pop("silo_audit")) if "silo_audit" in known else None,
             **known,
             extra=extra,
         )
@@ -192,12 +200,14 @@ class Privacy:
             dp=None if self.dp is None else dict(self.dp),
             verdict=None if self.verdict is None else dict(self.verdict),
             metric_keys=None if self.metric_keys is None else dict(self.metric_keys),
+            silos={c: {a: dict(m) for a, m in attacks.items()} for c, attacks in self.silos.items()} or None,
+            silo_audit=None if self.silo_audit is None else dict(self.silo_audit),
         )
 
     def attack_names(self) -> list[str]:
         """Every attack name, global model first, in the order the summary lists them."""
         names: list[str] = []
-        for attacks in (self.global_model, *self.clients.values()):
+        for attacks in (self.global_model, *self.clients.values(), *self.silos.values()):
             names += [a for a in attacks if a not in names]
         return names
 

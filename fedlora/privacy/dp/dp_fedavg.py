@@ -110,6 +110,12 @@ class DpFedAvg(DpMode):
                 "true: SecAgg+ rounds release the mean of the clients that did not drop out, which is not a uniform "
                 "sample, so the amplification bound would not hold; set one of them to false"
             )
+        if cfg.federation.min_clients not in (0, cfg.federation.num_clients):
+            raise ConfigError(
+                f"privacy.dp = 'dp-fedavg' needs federation.min_clients = 0 (all {cfg.federation.num_clients}), "
+                f"not {cfg.federation.min_clients}: Flower's accountant samples from the whole population, so every "
+                "client must be known before round 1"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
