@@ -30,6 +30,7 @@ from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail
 from fedlora.local_training import ClientRoundResult, client_round, round_seed
 from fedlora.models.lora import ModelView
+from fedlora.placement import ray_node_id
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
     ARRAYS,
@@ -61,7 +62,6 @@ from fedlora.protocol import (
 )
 from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings
-from fedlora.simulation import ray_node_id
 
 
 def clipping_when_asked(msg: Message, context: Context, call_next: Any) -> Message:

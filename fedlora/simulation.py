@@ -32,14 +32,6 @@ def bind_private_ray_to_localhost() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def ray_node_id() -> str | None:
-    """The id of the Ray node this process runs on, if it is a Ray worker (a simulated client)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    return str(ray.get_runtime_context().get_node_id())
-
-
 def on_loopback(cfg: ExperimentConfig) -> bool:
     """A private Ray, or a cluster whose head is on 127.0.0.1 (all its nodes on this machine; a Ray Client
     ``ray://`` address runs the driver remotely and is not one)."""
