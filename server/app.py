@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedlora import checkpoint, interrupt
-from fedlora.config import ConfigError, ExperimentConfig, load_config
+from fedlora.config import ConfigError, ExperimentConfig, load_config, sampled_per_round
 from fedlora.evaluation.tracking import LossTracker
 from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
@@ -141,7 +141,7 @@ def _serve(
         rule=rule,
         log=log,
         partition_of=partition_of,
-        fraction=cfg.federation.fraction_train,
+        fraction=sampled_per_round(cfg) / cfg.federation.num_clients,  # round(n x this) = that count
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
         max_update_norm=cfg.federation.max_update_norm,
