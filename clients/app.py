@@ -3,8 +3,10 @@
 The experiment config arrives in every train message, so a client needs nothing but its
 partition id (simulation: automatic; deployment: ``--node-config "partition-id=K"``).
 Per-client state that must outlive a round (the objective's proxy attacker, the rule's kept
-factors, the DP accountant) lives in ``context.state``. Records are converted to arrays once,
-here, on the way in and on the way out.
+factors, the DP accountant) lives in ``context.state`` in a deployment; in simulation it lives in
+one file per client under the run folder, read when the client is sampled and written back after
+its round, so that the simulation's memory does not grow with the number of clients. Records are
+converted to arrays once, here, on the way in and on the way out.
 """
 
 from __future__ import annotations
@@ -190,11 +192,15 @@ def train_locally(
 ) -> tuple[ClientRoundResult, dict[str, Any]]:
     """One local round with this client's persistent state; the result and its reply metrics.
 
-    ``state_dir`` (simulation): where the state is saved after the round, and read from when this
-    client's in-memory state is empty (a resumed run)."""
+    ``state_dir`` (simulation): where the state lives between rounds. It is read before the round
+    (a resumed run's too), written after it and dropped from ``context.state``, which Flower's
+    simulation keeps in memory for every client it has seen."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     state = context.state
-    if state_dir and CLIENT_STATE not in state:
+    if state_dir:
+        for key in (*PERSISTENT, CLIENT_STATE):  # the file is the truth; nothing stale stays in memory
+            if key in state:
+                del state[key]
         restore_state(state, str(state_dir), pid, server_round)
 
     def tensors(key: str) -> dict[str, torch.Tensor] | None:
@@ -219,6 +225,9 @@ def train_locally(
     state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
     if state_dir:
         save_state(state, str(state_dir), pid, server_round)
+        for key in (*PERSISTENT, CLIENT_STATE):
+            if key in state:
+                del state[key]
     metrics: dict[str, Any] = {
         NUM_EXAMPLES: result.stats.num_examples,
         PARTITION_ID: pid,
