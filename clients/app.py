@@ -6,8 +6,10 @@ partition id (simulation: automatic; deployment: ``--node-config "partition-id=K
 (``data-path``, ``fedlora.data.silo``), tells the server only its split sizes, and audits the
 final global model on its own splits (``evaluate``), replying with metrics only.
 Per-client state that must outlive a round (the objective's proxy attacker, the rule's kept
-factors, the DP accountant) lives in ``context.state``. Records are converted to arrays once,
-here, on the way in and on the way out.
+factors, the DP accountant) lives in ``context.state`` in a deployment; in simulation it lives in
+one file per client under the run folder, read when the client is sampled and written back after
+its round, so that the simulation's memory does not grow with the number of clients. Records are
+converted to arrays once, here, on the way in and on the way out.
 """
 
 from __future__ import annotations
@@ -259,11 +261,16 @@ def train_locally(
 ) -> tuple[ClientRoundResult, dict[str, Any]]:
     """One local round with this client's persistent state; the result and its reply metrics.
 
-    ``state_dir`` (``state_dir_of``): where the state is saved after the round, and read from when this
-    client's in-memory state is empty (a resumed run, a restarted SuperNode)."""
+    ``state_dir`` (``state_dir_of``: the run folder's in simulation, the node config's ``state-dir`` on a
+    SuperNode): where the state lives between rounds. It is read before the round (a resumed run's, a
+    restarted SuperNode's too), written after it and dropped from ``context.state``, which Flower's
+    simulation keeps in memory for every client it has seen."""
     torch.set_num_threads(cfg.simulation.num_cpus_per_client)
     state = context.state
-    if state_dir and CLIENT_STATE not in state:
+    if state_dir:
+        for key in (*PERSISTENT, CLIENT_STATE):  # the file is the truth; nothing stale stays in memory
+            if key in state:
+                del state[key]
         restore_state(state, str(state_dir), pid, server_round)
 
     def tensors(key: str) -> dict[str, torch.Tensor] | None:
@@ -289,6 +296,9 @@ def train_locally(
     state[CLIENT_STATE] = MetricRecord({"rounds-trained": rounds_trained + 1, "last-round": server_round})
     if state_dir:
         save_state(state, str(state_dir), pid, server_round)
+        for key in (*PERSISTENT, CLIENT_STATE):
+            if key in state:
+                del state[key]
     metrics: dict[str, Any] = {
         NUM_EXAMPLES: result.stats.num_examples,
         PARTITION_ID: pid,

@@ -3,7 +3,8 @@
 After every round the server writes ``checkpoint/server.json`` + ``checkpoint/server.safetensors``
 (the round, the rule's state, the DP mode's accountant, the round log, the RNG states); in
 simulation each client writes its persistent state (proxy attacker, kept factors, DP accountant)
-under ``checkpoint/clients/<partition>/`` after it trains. Nothing is pickled: a checkpoint is a
+under ``checkpoint/clients/<partition>/`` after it trains, and reads it back when it is next
+sampled (the state lives there between rounds, not in memory). Nothing is pickled: a checkpoint is a
 JSON tree whose arrays sit in a safetensors file, so loading a run folder never runs its code.
 
 ``status.json`` (fedlora/run_status.py) says what became of the run.

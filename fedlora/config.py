@@ -139,6 +139,9 @@ class FederationConfig:
     num_clients: int = setting(8, min=1)
     rounds: int = setting(5, min=1)
     fraction_train: float = setting(1.0, min=1e-9, max=1.0)
+    # A fixed number of clients trained per round (0: num_clients x fraction_train, rounded), so that a
+    # round's work stays constant as num_clients grows; set either this or fraction_train, not both.
+    clients_per_round: int = setting(0, min=0)
     aggregation: str = setting("fedavg", choices=RULES)
     # LoRA rank per client for the heterogeneous-rank rules (svd, flora), cycled over client ids;
     # empty: every client uses model.lora_rank.
@@ -178,6 +181,9 @@ class SimulationConfig:
     # "auto" = CUDA when the process sees a GPU (a Ray worker does when num_gpus_per_client > 0).
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ray_address: str = ""  # "" starts a private local Ray instance
+    # Per process, the encoded latents and caption embeddings of the clients it served lately, at most
+    # this many MiB (least recently used dropped first, encoded again when needed; 0: no cache).
+    latent_cache_mb: float = setting(256.0, min=0.0)
     ray_num_cpus: int = setting(0, min=0)  # 0: all cores of this machine
     # Fault injection: "PARTITION@ROUND" makes that client raise during that round's training
     # (after SecAgg+'s key exchange, when secure aggregation is on): dropouts on purpose.
@@ -198,6 +204,9 @@ class EvaluationConfig:
     # (fedlora/evaluation/attacks/); pia, secmi, score-norm and gradient-norm are opt-in.
     attacks: tuple[str, ...] = setting(("learned-mlp-paper", "learned-mlp", "loss-threshold"), choices=ATTACKS)
     attack_clients: bool = True
+    # The server keeps the last update of at most this many clients for the per-client audit: all of
+    # them when num_clients <= this, else a sample drawn from run.seed (fedlora/audit_views.py).
+    audit_clients: int = setting(16, min=1)
     attack_epochs: int = setting(100, min=1)
     attack_batch_size: int = setting(8, min=1)  # members and as many non-members per batch
     attack_learning_rate: float = setting(1e-5, min=1e-12)
@@ -397,11 +406,11 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
     faults.validate(cfg.simulation.fail_clients, cfg.federation.num_clients, cfg.federation.rounds)
+    _check_clients_per_round(cfg)
     if cfg.federation.min_clients_per_round > sampled_per_round(cfg):
         raise ConfigError(
             f"federation.min_clients_per_round = {cfg.federation.min_clients_per_round} exceeds the "
-            f"{sampled_per_round(cfg)} clients sampled per round (num_clients x fraction_train = "
-            f"{cfg.federation.num_clients} x {cfg.federation.fraction_train}): every round would be skipped"
+            f"{sampled_per_round(cfg)} clients sampled per round ({_sampling_words(cfg)}): every round would be skipped"
         )
     if cfg.privacy.dp_sampling_amplification and not DP_MODES.get(cfg.privacy.dp).accounts_client_sampling:
         able = [k for k in DP_MODES.keys() if DP_MODES.get(k).accounts_client_sampling]
@@ -436,7 +445,33 @@ def min_clients_present(cfg: ExperimentConfig) -> int:
 
 
 def sampled_per_round(cfg: ExperimentConfig) -> int:
-    return max(1, int(round(cfg.federation.num_clients * cfg.federation.fraction_train)))
+    """Clients trained per round: federation.clients_per_round, else num_clients x fraction_train (rounded)."""
+    f = cfg.federation
+    if f.clients_per_round:
+        return f.clients_per_round
+    return max(1, int(round(f.num_clients * f.fraction_train)))
+
+
+def _sampling_words(cfg: ExperimentConfig) -> str:
+    f = cfg.federation
+    if f.clients_per_round:
+        return f"federation.clients_per_round = {f.clients_per_round}"
+    return f"num_clients x fraction_train = {f.num_clients} x {f.fraction_train}"
+
+
+def _check_clients_per_round(cfg: ExperimentConfig) -> None:
+    f = cfg.federation
+    if not f.clients_per_round:
+        return
+    if f.fraction_train != 1.0:
+        raise ConfigError(
+            f"federation.clients_per_round = {f.clients_per_round} and federation.fraction_train = "
+            f"{f.fraction_train} both set the clients per round; set only one of them"
+        )
+    if f.clients_per_round > f.num_clients:
+        raise ConfigError(
+            f"federation.clients_per_round = {f.clients_per_round} exceeds federation.num_clients = {f.num_clients}"
+        )
 
 
 def resolve(num_shares: int | float, threshold: int | float, sampled: int) -> tuple[int, int]:
@@ -463,8 +498,8 @@ def _check_secure_aggregation(cfg: ExperimentConfig) -> None:
     sampled = sampled_per_round(cfg)
     if sampled < 2:
         raise ConfigError(
-            f"federation.secure_aggregation needs at least 2 clients per round; num_clients x fraction_train "
-            f"= {f.num_clients} x {f.fraction_train} samples {sampled}"
+            "federation.secure_aggregation needs at least 2 clients per round; "
+            f"{_sampling_words(cfg)} samples {sampled}"
         )
     for key in ("secagg_num_shares", "secagg_reconstruction_threshold"):
         value = getattr(f, key)

@@ -2,10 +2,11 @@
 
 A Ray worker serves many simulated clients; it loads the base pipeline once per (model, rank),
 attaches the adapter once, and caches each client's encoded samples, so a round costs only
-training. The server, ``fedlora evaluate`` and the loss tracker use the same runtime. It owns
-the device of the pipeline and of every tensor it makes (``simulation.device``), and the dtype of
-those it makes from arrays (float32). Adapter states cross its boundary as numpy arrays (what the
-rules and Flower's records hold); inside it they are tensors on its device.
+training (the cache is bounded by bytes, ``simulation.latent_cache_mb``). The server,
+``fedlora evaluate`` and the loss tracker use the same runtime. It owns the device of the
+pipeline and of every tensor it makes (``simulation.device``), and the dtype of those it makes
+from arrays (float32). Adapter states cross its boundary as numpy arrays (what the rules and
+Flower's records hold); inside it they are tensors on its device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .byte_cache import ByteLRU
 from .config import ExperimentConfig
 from .data import ImageDataset, Splits, load_dataset, make_splits
 from .device import resolve_device, to_host
@@ -45,6 +47,10 @@ class EncodedSamples:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.latents.nbytes + self.cond.nbytes
 
 
 def check_base_matches_data(cfg: ExperimentConfig) -> None:
@@ -84,7 +90,9 @@ class ModelRuntime:
         self.scheduler = training_scheduler(self.pipe)
         self.base = BaseDeltas(self.pipe.unet)
         self.scaling = model.lora_alpha / model.lora_rank
-        self._encoded: dict[tuple[str, ...], EncodedSamples] = {}
+        self._encoded: ByteLRU[EncodedSamples] = ByteLRU(
+            int(cfg.simulation.latent_cache_mb * 2**20), lambda e: e.nbytes
+        )
         self._empty_caption: torch.Tensor | None = None
         self.current = ModelView()  # what the UNet computes now
 
@@ -100,15 +108,17 @@ class ModelRuntime:
         On the CPU the cache and the returned tensors are the same ones.
         """
         key = tuple(ids)
-        if key not in self._encoded:
+
+        def make() -> EncodedSamples:
             idx = dataset.indices_of(key)
             captions = [dataset.captions[i] for i in idx]
-            self._encoded[key] = EncodedSamples(
+            return EncodedSamples(
                 ids=key,
                 latents=to_host(encode_images(self.pipe.vae, dataset.images[idx])),
                 cond=to_host(encode_captions(self.pipe.tokenizer, self.pipe.text_encoder, captions)),
             )
-        host = self._encoded[key]
+
+        host = self._encoded.get_or_make(key, make)
         return EncodedSamples(ids=key, latents=host.latents.to(self.device), cond=host.cond.to(self.device))
 
     def tensors(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -182,6 +192,7 @@ def get_runtime(cfg: ExperimentConfig, rank: int | None = None) -> ModelRuntime:
         cfg.run.seed,
         cfg.simulation.device,
         cfg.train.gradient_checkpointing,
+        cfg.simulation.latent_cache_mb,
     )
     if key not in _RUNTIMES:
         _RUNTIMES[key] = ModelRuntime(cfg, rank)

@@ -12,41 +12,53 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
+
+
+def tree_rss(root: psutil.Process) -> int:
+    """Bytes resident over ``root`` and every process below it (0 once it is gone)."""
+    try:
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], **popen: Any) -> tuple[int, float, int]:
+    """Run ``cmd``: its exit code, wall seconds and peak process-tree RSS in bytes (sampled every 0.5 s)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, **popen)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(root))
+        time.sleep(0.5)
+    return proc.returncode, time.perf_counter() - started, peak
 
 
 def main() -> int:
     out, sep, *cmd = sys.argv[1:]
     if sep != "--" or not cmd:
         raise SystemExit(__doc__)
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, total)
-        except psutil.Error:
-            pass
-        time.sleep(0.5)
+    code, wall, peak = run_measured(cmd)
     result = {
         "command": " ".join(cmd),
-        "exit_code": proc.returncode,
-        "wall_s": round(time.perf_counter() - started, 1),
+        "exit_code": code,
+        "wall_s": round(wall, 1),
         "peak_rss_gib": round(peak / 2**30, 2),
     }
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
     print(json.dumps(result))
-    return proc.returncode
+    return code
 
 
 if __name__ == "__main__":

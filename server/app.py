@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedlora import checkpoint, interrupt
-from fedlora.config import ConfigError, ExperimentConfig, load_config, min_clients_present
+from fedlora.config import ConfigError, ExperimentConfig, load_config, min_clients_present, sampled_per_round
 from fedlora.data import uses_silo_data
 from fedlora.evaluation.silo import silo_audits, summarise_silo_audits
 from fedlora.evaluation.tracking import LossTracker
@@ -219,7 +219,7 @@ def _serve(
         rule=rule,
         log=log,
         partition_of=membership.partition_of,
-        fraction=cfg.federation.fraction_train,
+        fraction=sampled_per_round(cfg) / cfg.federation.num_clients,  # round(n x this) = that count
         seed=cfg.run.seed,
         config_text=cfg.to_toml(),
         max_update_norm=cfg.federation.max_update_norm,

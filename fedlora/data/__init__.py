@@ -12,6 +12,7 @@ from . import digits  # noqa: F401
 from . import openmoji  # noqa: F401
 from . import image_folder  # noqa: F401
 from . import silo  # noqa: F401
+from . import shapes  # noqa: F401
 
 # isort: on
 from .base import DatasetError, DatasetSource, ImageDataset

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import aggregation as agg
+from ..audit_views import AuditViews, audited_clients
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..models.lora import ModelView
@@ -89,7 +90,8 @@ class Rule(ABC):
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self.views: dict[int, ModelView] = {}  # the last update of each client, as the server sees it
+        # the last update of each audited client (evaluation.audit_clients), as the server sees it
+        self.views: dict[int, ModelView] = AuditViews(audited_clients(cfg))
 
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
@@ -145,6 +147,7 @@ class Rule(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         vars(self).update(state)
+        self.views = AuditViews(audited_clients(self.cfg), self.views)  # a checkpoint holds a plain dict
 
     @abstractmethod
     def payload(self, client_id: int) -> Arrays:
