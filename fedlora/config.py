@@ -188,6 +188,9 @@ class SimulationConfig:
     # Fault injection: "PARTITION@ROUND" makes that client raise during that round's training
     # (after SecAgg+'s key exchange, when secure aggregation is on): dropouts on purpose.
     fail_clients: tuple[str, ...] = setting((), may_be_empty=True)
+    # "PARTITION@ROUND" makes that client upload NaN in place of its update that round (after training): what
+    # the server's update validation must reject and count. Both take effect in a deployment too.
+    nan_clients: tuple[str, ...] = setting((), may_be_empty=True)
 
 
 @dataclass(frozen=True)
@@ -406,6 +409,7 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"evaluation.secmi_timesteps = {list(cfg.evaluation.secmi_timesteps)}"
         )
     faults.validate(cfg.simulation.fail_clients, cfg.federation.num_clients, cfg.federation.rounds)
+    faults.validate(cfg.simulation.nan_clients, cfg.federation.num_clients, cfg.federation.rounds, "nan_clients")
     _check_clients_per_round(cfg)
     if cfg.federation.min_clients_per_round > sampled_per_round(cfg):
         raise ConfigError(

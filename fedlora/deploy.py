@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .protocol import DATA_PATH, PARTITION_ID
+from .protocol import DATA_PATH, NODE_WORKER, PARTITION_ID
 
 DEFAULT_PORT = 8000  # the SuperLink's one port (Fleet, Control and Runtime APIs); the only one to open
 SUPERNODE_PORT = 9094  # a SuperNode's local ClientAppIO port (loopback only; one per SuperNode on a host)
@@ -37,6 +37,8 @@ PIDS_FILE = "pids.json"
 FLWR_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
+    # how often a SuperExec asks for a task to launch (a ClientApp, a ServerApp); Flower's default is 1 s
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
 }
 
 
@@ -75,6 +77,10 @@ class Credentials:
 
     def supernode_pub(self, k: int) -> Path:
         return self.root / "supernodes" / f"sn{k}.pub"
+
+    def worker_socket(self, k: int) -> Path:
+        """SuperNode k's long-lived worker (``clients.worker``) listens here (its node config ``worker``)."""
+        return self.root / "workers" / f"sn{k}.sock"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -237,6 +243,29 @@ def supernode_argv(
     ]
 
 
+def worker_argv(socket: Path, python: str | None = None) -> list[str]:
+    """The silo's long-lived worker: the ClientApp's bodies with the model and the data kept between rounds."""
+    return [python or sys.executable, "-m", "clients.worker", str(socket)]
+
+
+def start_worker(
+    creds: Credentials, k: int, env: Mapping[str, str], procs: list[subprocess.Popen], timeout: float = 120.0
+) -> Path:
+    """SuperNode k's worker, started and listening (its socket exists); the socket's path."""
+    socket = creds.worker_socket(k)
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    proc = start(creds, f"worker{k}", worker_argv(socket), env, procs)
+    deadline = time.monotonic() + timeout
+    while not socket.exists():
+        if proc.poll() is not None:
+            tail = (creds.logs / f"worker{k}.log").read_text()[-1500:]
+            raise RuntimeError(f"the worker of SuperNode {k} exited with {proc.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker of SuperNode {k} did not listen on {socket} within {timeout:.0f} s")
+        time.sleep(0.2)
+    return socket
+
+
 def register_supernode(creds: Credentials, k: int, name: str = CONNECTION, bin_dir: Path | None = None) -> str:
     """``flwr supernode register`` of SuperNode k's public key with the running SuperLink; its output."""
     env = {**flwr_env(creds, bin_dir), "FLWR_HOME": str(creds.flwr_home)}
@@ -291,12 +320,19 @@ def start_local(
     extra: Mapping[str, Any] | None = None,
     timeout: float = 60.0,
     bin_dir: Path | None = None,
+    workers: bool | Sequence[bool] = False,
+    superlink_env: Mapping[str, str] | None = None,
 ) -> list[subprocess.Popen]:
     """A SuperLink and one registered SuperNode per data folder on this host; PIDs in pids.json.
 
-    Credentials are made first when the folder has none. On any failure every process started
-    here is ended before the error is raised."""
+    ``workers``: give every SuperNode (or those flagged, one flag per folder) a long-lived worker
+    (``clients.worker``), started first, named in its node config. Credentials are made first when
+    the folder has none. ``superlink_env``: more environment for the SuperLink and the processes it starts
+    (its ServerApp's). On any failure every process started here is ended before the error is raised."""
     n = len(data_paths)
+    flags = [workers] * n if isinstance(workers, bool) else list(workers)
+    if len(flags) != n:
+        raise ValueError(f"workers: {len(flags)} flags for {n} data folders")
     if not creds.server_cert.exists():
         make_certificates(creds, [host, "localhost"] if host != "localhost" else [host])
     for k in range(n):
@@ -312,14 +348,17 @@ def start_local(
             creds,
             "superlink",
             superlink_argv(creds, host, port, bin_dir),
-            {**env, "FLWR_HOME": str(creds.flwr_home / "superlink")},
+            {**env, **(superlink_env or {}), "FLWR_HOME": str(creds.flwr_home / "superlink")},
             procs,
         )
         wait_for_port(host, port, timeout, link)
         for k in range(n):
             register_supernode(creds, k, bin_dir=bin_dir)
         for k, data in enumerate(data_paths):
-            argv = supernode_argv(creds, k, address, data, n, ports[k], extra, bin_dir)
+            node_extra = dict(extra or {})
+            if flags[k]:
+                node_extra[NODE_WORKER] = str(start_worker(creds, k, env, procs))
+            argv = supernode_argv(creds, k, address, data, n, ports[k], node_extra, bin_dir)
             start(creds, f"sn{k}", argv, {**env, "FLWR_HOME": str(creds.flwr_home / f"sn{k}")}, procs)
         write_pids(creds, procs)
     except BaseException:

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import deploy
 from .config import ConfigError
-from .protocol import OUTPUT_DIR, RESUME
+from .protocol import NODE_WORKER, OUTPUT_DIR, RESUME
 
 
 def _creds(args: argparse.Namespace) -> deploy.Credentials:
@@ -74,24 +74,36 @@ def _extra_node_config(items: list[str]) -> dict[str, Any]:
 def _cmd_supernode(args: argparse.Namespace) -> int:
     creds = _creds(args)
     env = {**deploy.flwr_env(creds), "FLWR_HOME": str(creds.flwr_home / f"sn{args.k}")}
-    argv = deploy.supernode_argv(
-        creds,
-        args.k,
-        args.superlink,
-        args.data_path,
-        args.num_partitions,
-        args.port,
-        _extra_node_config(args.node_config),
-    )
+    extra = _extra_node_config(args.node_config)
+    if args.worker:
+        extra[NODE_WORKER] = str(creds.worker_socket(args.k))
+    argv = deploy.supernode_argv(creds, args.k, args.superlink, args.data_path, args.num_partitions, args.port, extra)
     return _exec(argv, env, args.print)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    creds = _creds(args)
+    socket = creds.worker_socket(args.k)
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    return _exec(deploy.worker_argv(socket), deploy.flwr_env(creds), args.print)
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
     creds = _creds(args)
     procs = deploy.start_local(
-        creds, args.data_path, args.host, args.port, extra=_extra_node_config(args.node_config), timeout=args.timeout
+        creds,
+        args.data_path,
+        args.host,
+        args.port,
+        extra=_extra_node_config(args.node_config),
+        timeout=args.timeout,
+        workers=args.workers,
     )
-    print(f"SuperLink and {len(procs) - 1} SuperNodes on {args.host}:{args.port}; PIDs {[p.pid for p in procs]}")
+    workers = f" (each with a worker in {creds.root / 'workers'})" if args.workers else ""
+    print(
+        f"SuperLink and {len(args.data_path)} SuperNodes{workers} on {args.host}:{args.port}; "
+        f"PIDs {[p.pid for p in procs]}"
+    )
     print(f"logs in {creds.logs}; end them with: fedlora deploy stop {creds.root}")
     return 0
 
@@ -157,8 +169,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--num-partitions", type=int, required=True, help="how many silos the federation has")
     p.add_argument("--port", type=int, default=deploy.SUPERNODE_PORT, help="its local ClientAppIO port")
     p.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE", help="e.g. members=16")
+    p.add_argument("--worker", action="store_true", help="hand its messages to 'fedlora deploy worker DIR k'")
     p.add_argument("--print", action="store_true", help="print the command only")
     p.set_defaults(func=_cmd_supernode)
+
+    p = step("worker", "start SuperNode k's long-lived worker: the model and the data stay loaded between rounds")
+    p.add_argument("k", type=int, help="its SuperNode's number (socket workers/sn<k>.sock)")
+    p.add_argument("--print", action="store_true", help="print the command only")
+    p.set_defaults(func=_cmd_worker)
 
     p = step("local", "start a SuperLink and one SuperNode per --data-path on this host, registered")
     p.add_argument("--data-path", action="append", required=True, help="one silo's image folder (repeatable)")
@@ -166,6 +184,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=deploy.DEFAULT_PORT)
     p.add_argument("--node-config", action="append", default=[], metavar="KEY=VALUE", help="for every SuperNode")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the SuperLink")
+    p.add_argument("--workers", action="store_true", help="give each SuperNode a long-lived worker (faster rounds)")
     p.set_defaults(func=_cmd_local)
 
     p = step("run", "submit a run with flwr run (the run folder goes to --output-dir on the SuperLink's host)")

@@ -7,6 +7,7 @@ Adapter states are numpy arrays throughout (the Flower boundary converts them on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -101,9 +102,13 @@ def client_round(
     ``silo``: this client's own data and split (deployment, data.dataset = "silo"); None: its
     partition of the config's dataset.
     """
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(round_seed(cfg.run.seed, client_id, server_round, 5))
-        return _client_round(cfg, client_id, payload, server_round, objective_state, kept or {}, dp_state, silo)
+        result = _client_round(cfg, client_id, payload, server_round, objective_state, kept or {}, dp_state, silo)
+    if "train_s" in result.metrics:  # the rest of the round: loading the model and the data, encoding, set-up
+        result.metrics["setup_s"] = time.perf_counter() - started - result.metrics["train_s"]
+    return result
 
 
 def _client_round(

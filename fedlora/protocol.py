@@ -23,6 +23,7 @@ ORACLE = "fedlora-oracle"  # query flag: return the last plain upload (simulatio
 ORACLE_STATE = "oracle-upload"  # where a client keeps that upload
 PLACEMENT = "placement"  # reply ConfigRecord: where the client ran (its Ray node id under simulation)
 RAY_NODE_ID = "ray-node-id"
+PROCESS_AGE = "process_s"  # a train reply: seconds since the ClientApp process started (where known)
 STATE_DIR = "fedlora-state-dir"  # simulation: where clients save their persistent state for a resume
 # Per-silo data (deployment, data.dataset = "silo"): node_config keys each SuperNode is started with
 DATA_PATH = "data-path"  # the silo's image folder (metadata.jsonl or .txt captions)
@@ -34,6 +35,9 @@ SILO_NODE_KEYS = (DATA_PATH, SILO_MEMBERS, SILO_NONMEMBERS, SILO_SPLIT_SEED, SIL
 # node_config (deployment): where a SuperNode keeps each run's client state on disk (proxy attacker, rule
 # state, DP accountant), so that a restarted SuperNode continues with it; <state-dir>/run-<RUN_KEY>/
 NODE_STATE_DIR = "state-dir"
+# node_config (deployment): the Unix socket of this silo's long-lived worker (``clients.worker``), which runs the
+# ClientApp's bodies with the model, the data and their encodings kept between rounds; unset: in each ClientApp process
+NODE_WORKER = "worker"
 SILO_COUNT_PREFIX = "silo-"  # query reply metrics: the silo's split sizes (all the server learns of its data)
 AUDIT_PREFIX = "audit/"  # evaluate reply metrics: "audit/<attack>/<metric>", a silo's audit of the global model
 AUDIT_NOTES = "audit-notes"  # evaluate reply ConfigRecord: "<attack>/<metric>" -> why it is not measurable

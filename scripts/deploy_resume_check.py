@@ -7,7 +7,7 @@ with its own image folder and ``state-dir``. Run A goes uninterrupted; run B's `
 ``resume``. Not in the test suite: a deployment round takes ~45 s on 2 cores, so this takes ~6-8 minutes.
 Every process it starts is ended by its PID.
 
-    PATH=$PWD/.venv/bin:$PATH python scripts/deploy_resume_check.py [--workdir DIR]
+    PATH=$PWD/.venv/bin:$PATH python scripts/deploy_resume_check.py [--workdir DIR] [--workers]
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--silos", type=int, default=2)
+    parser.add_argument("--workers", action="store_true", help="give each SuperNode a long-lived worker")
     args = parser.parse_args()
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="fedlora-resume-"))).resolve()
     creds = deploy.Credentials(work / "deploy")
@@ -136,6 +137,7 @@ def main() -> int:
             port=free_port(),
             supernode_ports=[free_port() for _ in range(args.silos)],
             extra={"members": 4, "nonmembers": 4, "state-dir": str(work / "state")},
+            workers=args.workers,
         )
         runs = {name: work / f"runs-{name}" for name in ("a", "b")}
         for name, out in runs.items():

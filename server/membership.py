@@ -20,6 +20,8 @@ from flwr.serverapp import Grid
 from fedlora.protocol import CONFIG, CONFIG_KEY, METRICS, PARTITION_ID, SILO_COUNT_PREFIX, integer
 from fedlora.rounds import plain_reason
 
+from .wire import exchange
+
 DISCOVERY_TIMEOUT_S = 300.0
 POLL_S = 0.5
 logger = logging.getLogger("fedlora")
@@ -118,7 +120,7 @@ class Membership:
     def _query(self, grid: Grid, node_ids: list[int], timeout: float) -> list[Message]:
         query = ConfigRecord({} if self.config_text is None else {CONFIG_KEY: self.config_text})
         messages = [Message(RecordDict({CONFIG: query}), dst_node_id=n, message_type="query") for n in node_ids]
-        return list(grid.send_and_receive(messages, timeout=timeout))
+        return exchange(grid, messages, timeout)
 
     def _admit(self, reply: Message, online_nodes: set[int] | None = None) -> None:
         """Map the reply's node to its partition; a partition whose old node is offline moves to the new one."""

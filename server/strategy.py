@@ -98,6 +98,7 @@ class LoraStrategy(FedAvg):
         self.stop_reason: str | None = None  # set when a round had no accepted update
         self._round_started = 0.0
         self._current_round = 0
+        self._messages_sent: list[Message] = []
         self.client_state_dir: str | None = None  # simulation: clients save their state there (resume)
         self.run_key = ""  # the run's own id (RUN_KEY): a SuperNode's state-dir folder for this run
 
@@ -161,6 +162,7 @@ class LoraStrategy(FedAvg):
             messages.append(Message(content=content, message_type="train", dst_node_id=self.node_of[pid]))
         entry = self.log[server_round]
         entry.sampled, entry.bytes_down_per_client = pids, float(np.mean(down)) if down else None
+        self._messages_sent = messages  # the grid gives each its id when it pushes it
         return messages
 
     def record_replies(self, server_round: int, contents: list[RecordDict]) -> tuple[dict, dict, dict]:
@@ -221,6 +223,15 @@ class LoraStrategy(FedAvg):
         audit = {k[len(EVAL_ONLY_PREFIX) :]: v for k, v in arrays.items() if k.startswith(EVAL_ONLY_PREFIX)}
         return Reply(partition=pid, upload=upload, weight=weight, sender=sender, index=index, audit=audit)
 
+    def _replier(self, message: Message) -> int:
+        """The node a reply stands for: its sender, or, for an error the SuperLink wrote in a node's place
+        (``Node Unavailable``: sent from the SuperLink's own id), the node the message had been sent to."""
+        node = message.metadata.src_node_id
+        if node in self.partition_of:
+            return node
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._messages_sent}
+        return sent.get(message.metadata.reply_to_message_id, node)
+
     def screen_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The replies whose updates may be aggregated, in partition order; records and logs the rest.
 
@@ -231,10 +242,10 @@ class LoraStrategy(FedAvg):
         sampled = entry.sampled if entry.sampled is not None else sorted(self.node_of)
         errors = [m for m in replies if m.has_error()]
         entry.failures = [
-            f"partition {self.partition_of.get(m.metadata.src_node_id, '?')}: {plain_reason(str(m.error.reason))}"
+            f"partition {self.partition_of.get(self._replier(m), '?')}: {plain_reason(str(m.error.reason))}"
             for m in errors
         ]
-        answered = {self.partition_of.get(m.metadata.src_node_id) for m in replies}
+        answered = {self.partition_of.get(self._replier(m)) for m in replies}
         entry.failures += [
             f"partition {p}: no reply within the round's timeout (federation.round_timeout_s)"
             for p in sampled

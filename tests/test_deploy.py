@@ -94,3 +94,13 @@ def test_cli_run_resume_passes_the_run_folder_and_nothing_else(tmp_path, capsys)
     assert "no CONFIG, --set or --output-dir" in capsys.readouterr().err
     assert main(["deploy", "run", str(tmp_path), "configs/smoke.toml", "--print"]) == 2
     assert "--output-dir" in capsys.readouterr().err
+
+
+def test_cli_worker_and_supernode_worker_name_the_same_socket(tmp_path, capsys):
+    creds = deploy.Credentials(tmp_path)
+    assert main(["deploy", "worker", str(tmp_path), "1", "--print"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(f"-m clients.worker {creds.worker_socket(1)}")
+    argv = ["deploy", "supernode", str(tmp_path), "1", "--superlink", "10.0.0.1:8000", "--data-path", str(tmp_path)]
+    assert main([*argv, "--num-partitions", "2", "--worker", "--print"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f'worker="{creds.worker_socket(1)}"' in line and "partition-id=1" in line

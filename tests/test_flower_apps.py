@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.app.metadata import Metadata
 
 from clients import app as client_module
+from clients import handlers
 from fedlora.aggregation import fedavg
 from fedlora.config import load_config
 from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
@@ -50,7 +51,7 @@ def test_train_handler_returns_lora_and_keeps_state_across_rounds(cfg):
         msg = message(
             RecordDict(
                 {
-                    "arrays": client_module.record_of(initial),
+                    "arrays": handlers.record_of(initial),
                     "config": ConfigRecord({"server-round": rnd, CONFIG_KEY: cfg.to_toml()}),
                 }
             ),
@@ -70,7 +71,7 @@ def test_query_handler_reports_partition_and_requires_it():
     assert reply.content["metrics"][PARTITION_ID] == 3
     bare = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(KeyError, match="--node-config"):
-        client_module.partition_id(bare)
+        handlers.partition_id(bare)
 
 
 def fake_reply(pid, state, n):
@@ -140,15 +141,15 @@ def test_a_dp_clients_reply_carries_nothing_member_dependent(cfg, dp, extra):
     initial = get_runtime(dp_cfg).get_lora()
     config = ConfigRecord({"server-round": 1, CONFIG_KEY: dp_cfg.to_toml()})
     reply = client_module.train(
-        message(RecordDict({"arrays": client_module.record_of(initial), "config": config}), "train"), context(0)
+        message(RecordDict({"arrays": handlers.record_of(initial), "config": config}), "train"), context(0)
     )
     keys = set(reply.content["metrics"].keys())
-    assert keys == {NUM_EXAMPLES, PARTITION_ID, "rounds_trained", "train_s", "steps", *extra}
+    assert keys == {NUM_EXAMPLES, PARTITION_ID, "rounds_trained", "train_s", "setup_s", "process_s", "steps", *extra}
     plain = client_module.train(
         message(
             RecordDict(
                 {
-                    "arrays": client_module.record_of(get_runtime(cfg).get_lora()),
+                    "arrays": handlers.record_of(get_runtime(cfg).get_lora()),
                     "config": ConfigRecord({"server-round": 1, CONFIG_KEY: cfg.to_toml()}),
                 }
             ),

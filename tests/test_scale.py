@@ -7,6 +7,7 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from clients import app as client_module
+from clients import handlers
 from fedlora.audit_views import AuditViews, audited_clients
 from fedlora.byte_cache import ByteLRU
 from fedlora.config import ConfigError, load_config, sampled_per_round
@@ -29,9 +30,9 @@ def train_round(cfg, ctx, rnd, payload, state_dir=None):
     config = {"server-round": rnd, CONFIG_KEY: cfg.to_toml()}
     if state_dir is not None:
         config[STATE_DIR] = str(state_dir)
-    msg = message(RecordDict({"arrays": client_module.record_of(payload), "config": ConfigRecord(config)}), "train")
+    msg = message(RecordDict({"arrays": handlers.record_of(payload), "config": ConfigRecord(config)}), "train")
     reply = client_module.train(msg, ctx)
-    return client_module.arrays_of(reply.content["arrays"]), dict(reply.content["metrics"])
+    return handlers.arrays_of(reply.content["arrays"]), dict(reply.content["metrics"])
 
 
 def test_simulated_client_state_lives_on_disk_and_gives_the_in_memory_numbers(tiny_base, tmp_path):

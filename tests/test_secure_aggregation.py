@@ -202,7 +202,7 @@ def test_dp_on_the_secure_sum_is_accounted_and_says_who_adds_the_noise(tmp_path)
     assert dp["noise_added_by"].startswith("the server") and "SecAgg+" in dp["covers"]
     assert dp["noise_std"] == pytest.approx(1.0 * 0.05 / 3)
     assert all(
-        set(c) <= {"train_s", "steps", "num-examples", "rounds_trained", "secagg_clipped"}
+        set(c) <= {"train_s", "setup_s", "process_s", "steps", "num-examples", "rounds_trained", "secagg_clipped"}
         for c in rows[1]["clients"].values()
     )
 

@@ -222,7 +222,7 @@ def test_a_restarted_supernode_keeps_its_proxy_attacker_in_its_state_dir(tmp_pat
 def test_state_dir_must_be_a_path():
     from flwr.app import Context, RecordDict
 
-    from clients.app import state_dir_of
+    from clients.handlers import state_dir_of
 
     context = Context(run_id=7, node_id=1, node_config={NODE_STATE_DIR: 3}, state=RecordDict(), run_config={})
     with pytest.raises(ConfigError, match=r"'state-dir' must be a folder path"):
@@ -316,7 +316,7 @@ def test_the_run_config_resume_names_an_absolute_run_folder_without_overrides(tm
 def test_a_state_dir_folder_is_named_by_the_servers_run_key():
     from flwr.app import Context, RecordDict
 
-    from clients.app import state_dir_of
+    from clients.handlers import state_dir_of
     from fedlora.protocol import RUN_KEY
 
     context = Context(

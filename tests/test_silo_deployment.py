@@ -1,8 +1,11 @@
 """Per-silo data on Flower's deployment engine: a SuperLink and SuperNodes on 127.0.0.1 with TLS and SuperNode
-authentication (``fedlora.deploy``), each SuperNode with its own image folder; the silos audit the global model.
-An unregistered SuperNode is refused. Every process started is ended by its id."""
+authentication (``fedlora.deploy``), each SuperNode with its own image folder (two of them hand their messages
+to a long-lived silo worker, one runs each in its own ClientApp process); the silos audit the global model.
+The server side never opens a silo's files (a Python audit hook in the SuperLink's processes records every
+path they open). An unregistered SuperNode is refused. Every process started is ended by its id."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +21,36 @@ from fedlora.outputs import SILOS_FILE, SPLITS_FILE, SUMMARY_FILE
 ROOT = Path(__file__).resolve().parent.parent
 SILOS = 3
 REFUSED = "Failed to activate SuperNode"
+WORKERS = [True, True, False]
+# sitecustomize for the SuperLink and every process it starts (SuperExec, the ServerApp): a line per process
+# ("alive") and one per path opened or listed under the watched folders (the silos' data)
+OPEN_HOOK = """
+import os, sys
+_log, _watched, _busy = os.environ["FEDLORA_OPEN_LOG"], tuple(os.environ["FEDLORA_WATCHED"].split(os.pathsep)), []
+
+def _write(line):
+    fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+
+def _hook(event, args):
+    if _busy or event not in ("open", "os.listdir", "os.scandir") or not args or args[0] is None:
+        return
+    if isinstance(args[0], int):
+        return
+    _busy.append(1)
+    try:
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(_watched):
+            _write(f"OPENED {os.getpid()} {path}")
+    finally:
+        _busy.pop()
+
+_write(f"alive {os.getpid()} {' '.join(sys.argv[:1])}")
+sys.addaudithook(_hook)
+"""
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -33,6 +66,21 @@ def test_silos_train_and_audit_over_tls_with_node_authentication(tmp_path):
     creds = deploy.Credentials(tmp_path / "deploy")
     folders = [make_silo_folder(tmp_path / f"silo{k}", k, 10 + k) for k in range(SILOS)]
     port = free_port()
+    hook, opened = tmp_path / "hook", tmp_path / "server-opened.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(OPEN_HOOK)
+    watch = {
+        "PYTHONPATH": str(hook),
+        "FEDLORA_OPEN_LOG": str(opened),
+        "FEDLORA_WATCHED": ":".join(str(f.resolve()) for f in folders),
+    }
+    # the hook's control: a process that does read a silo's image is recorded
+    probe = next(folders[0].glob("*.png"))
+    subprocess.run(
+        [sys.executable, "-c", f"open({str(probe)!r}, 'rb').read()"], env={**os.environ, **watch}, check=True
+    )
+    assert "OPENED" in opened.read_text() and str(probe.resolve()) in opened.read_text()
+    opened.unlink()
     procs: list[subprocess.Popen] = []
     try:
         procs += deploy.start_local(
@@ -42,6 +90,8 @@ def test_silos_train_and_audit_over_tls_with_node_authentication(tmp_path):
             supernode_ports=[free_port() for _ in range(SILOS)],
             extra={"members": 4, "nonmembers": 4},
             timeout=60,
+            workers=WORKERS,
+            superlink_env=watch,
         )
         # a key the SuperLink never registered: refused at activation
         stranger = deploy.make_supernode_key(creds, SILOS)
@@ -87,6 +137,16 @@ def test_silos_train_and_audit_over_tls_with_node_authentication(tmp_path):
     assert not (runs / "smoke" / SPLITS_FILE).exists()
     rows = [json.loads(line) for line in (runs / "smoke" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2] and all(len(r["clients"]) == SILOS for r in rows[1:])
+    # the server side never opened a silo's file; its ServerApp ran under the hook
+    lines = opened.read_text().splitlines()
+    assert [line for line in lines if line.startswith("OPENED")] == []
+    assert any(line.startswith("alive") and "flwr-serverapp" in line for line in lines), lines[:10]
+    # the silos with a worker trained there (one process for every round), the other in its ClientApp processes
+    for k, has_worker in enumerate(WORKERS):
+        log = creds.logs / f"worker{k}.log"
+        assert log.exists() == has_worker
+        if has_worker:
+            assert log.read_text().count("train: ") == 2 and "evaluate: " in log.read_text()
     # nothing of the silos' files reached the server's run folder
     server_side = "".join(p.read_text(errors="ignore") for p in (runs / "smoke").glob("*.json*"))
     assert "img_0" not in server_side and "handwritten" not in server_side

@@ -18,7 +18,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.task_identity import TaskIdentity
 from local_grid import LocalGrid
 
-from clients import app as client_module
+from clients import handlers as client_module
 from fedlora.config import ConfigError, load_config
 from fedlora.outputs import SUMMARY_FILE
 from fedlora.privacy.dp import build_dp_mode
@@ -471,7 +471,7 @@ def test_a_secure_client_refuses_to_mask_a_non_finite_upload(monkeypatch):
     content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(list(payload.values())), config), True)
     context = SimpleNamespace(node_config={PARTITION_ID: 0})
     with pytest.raises(ValueError, match="NaN or infinite values"):
-        client_module.secure_train(Message(content, dst_node_id=100, message_type="train"), context)
+        client_module.secure_train(content, context)
 
 
 # ---- config and reports -----------------------------------------------------------------------
@@ -486,6 +486,19 @@ def test_the_new_keys_are_checked_at_load_time():
         cfg_for("fedavg", "federation.min_clients_per_round=5")
     with pytest.raises(ConfigError, match="federation.min_clients_per_round"):
         cfg_for("fedavg", "federation.min_clients_per_round=0")
+
+
+def test_a_nan_client_poisons_exactly_its_round_and_a_bad_entry_is_named():
+    from fedlora.faults import maybe_poison
+
+    upload = {"a": np.ones((2, 3), np.float32)}
+    assert np.isnan(maybe_poison(["1@2"], 1, 2, upload)["a"]).all()
+    assert maybe_poison(["1@2"], 1, 3, upload)["a"].tolist() == upload["a"].tolist()
+    assert maybe_poison(["1@2"], 0, 2, upload)["a"].tolist() == upload["a"].tolist()
+    with pytest.raises(ConfigError, match=r"simulation.nan_clients entry '1-2' must look like PARTITION@ROUND"):
+        cfg_for("fedavg", "simulation.nan_clients=['1-2']")
+    with pytest.raises(ConfigError, match=r"simulation.nan_clients names partition 9"):
+        cfg_for("fedavg", "simulation.nan_clients=['9@1']")
 
 
 def test_failure_totals_reach_summary_json_and_both_reports(tmp_path):

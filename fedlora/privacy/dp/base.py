@@ -19,8 +19,8 @@ from ...training import GradientHook, TrainStats, train_lora
 from ..objectives import Objective
 
 DpState = dict[str, torch.Tensor]  # what a client's mode keeps across rounds (its accountant)
-# member-independent metrics: wall time and step count (the count of members travels as num-examples)
-TIMING_ONLY = frozenset({"train_s", "steps"})
+# member-independent metrics: wall times and step count (the count of members travels as num-examples)
+TIMING_ONLY = frozenset({"train_s", "setup_s", "steps"})
 
 
 class DpMode:
