@@ -6,6 +6,10 @@ Three step kinds on the embedded base, interleaved in blocks so machine noise hi
                 then k attacker updates on 2*attacker_batch_size no-grad loss maps
   smp-2pass     the released code's shape: a second forward/backward with its own (t, eps) for the
                 MI term, then the same attacker updates
+and, from timers around each phase of the smp-lora step (a profile: where its extra time goes), the median
+seconds of: the UNet forward/backward and optimizer step it shares with lora, the proxy attacker's forward on the
+member maps, building the attacker's aux batch (no-grad UNet loss maps of 2 x attacker_batch_size aux/test
+samples), and the attacker's update.
 Usage: python scripts/bench_step.py [--out docs/measurements/step_time.json] [--set key=value ...]
 """
 
@@ -83,6 +87,36 @@ def main() -> int:
         opt.step()
         objective.after_step()
 
+    phases: dict[str, list[float]] = {
+        "unet_forward_backward_step": [],
+        "attacker_forward": [],
+        "aux_maps": [],
+        "attacker_update": [],
+    }
+
+    def profiled_smp_step():
+        t0 = time.perf_counter()
+        err = squared_error_map(unet, sched, z, c, *draw())
+        t1 = time.perf_counter()
+        loss, _ = objective.loss(err)
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t3 = time.perf_counter()
+        aux = 0.0
+        update = 0.0
+        for _ in range(cfg.privacy.attacker_steps):
+            a = time.perf_counter()
+            maps, labels = objective.batches.aux(cfg.privacy.attacker_batch_size)
+            b = time.perf_counter()
+            objective.attacker.step(maps, labels)
+            aux, update = aux + b - a, update + time.perf_counter() - b
+        phases["unet_forward_backward_step"].append((t1 - t0) + (t3 - t2))
+        phases["attacker_forward"].append(t2 - t1)
+        phases["aux_maps"].append(aux)
+        phases["attacker_update"].append(update)
+
     kinds = {"lora": lora_step, "smp-lora": smp_step, "smp-2pass": smp_two_pass_step}
     unet.train()
     for fn in kinds.values():  # warm-up
@@ -95,7 +129,10 @@ def main() -> int:
             for _ in range(args.steps):
                 fn()
             per_block[name].append((time.perf_counter() - t0) / args.steps)
+    for _ in range(args.blocks * args.steps // 2):
+        profiled_smp_step()
     med = {k: statistics.median(v) for k, v in per_block.items()}
+    profile = {k: statistics.median(v) for k, v in phases.items()}
     out = {
         "command": "python " + " ".join(sys.argv),
         "config": args.config,
@@ -110,6 +147,8 @@ def main() -> int:
         "median_step_s": med,
         "ratio_smp_over_lora": med["smp-lora"] / med["lora"],
         "ratio_smp_2pass_over_lora": med["smp-2pass"] / med["lora"],
+        "smp_lora_phases_median_s": profile,
+        "smp_lora_phases_share": {k: v / sum(profile.values()) for k, v in profile.items()},
         "torch": torch.__version__,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
