@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from clients import worker
+from fedlora.packing import is_packed, pack, unpack
 from fedlora.protocol import CONFIG, METRICS, NODE_WORKER, PROCESS_AGE
 
 
@@ -58,11 +59,16 @@ def process_age_s() -> float | None:
 
 
 def run_body(body: str, content: RecordDict, context: Context) -> RecordDict:
-    """``clients.handlers.<body>`` here, or on the silo's worker when the node config names one."""
+    """``clients.handlers.<body>`` here, or on the silo's worker when the node config names one. A message
+    whose adapter came packed into one array (``fedlora.packing``, deployment) is answered the same way."""
+    packed = is_packed(content)
+    content = unpack(content)
     path = context.node_config.get(NODE_WORKER)
     if path:
-        return worker.call(str(path), body, content, context)
-    return worker.default_bodies()[body](content, context)
+        reply = worker.call(str(path), body, content, context)
+    else:
+        reply = worker.default_bodies()[body](content, context)
+    return pack(reply) if packed else reply
 
 
 @app.query()

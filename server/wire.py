@@ -3,7 +3,8 @@
 Counts what the protocol sends, config records and key shares included (the strategy's own
 ``bytes_*`` fields count only the arrays), so that plain and SecAgg+ rounds compare like for like.
 On the deployment engine it also collects replies sooner (``exchange``): flwr 1.42's ``HttpGrid``
-looks for replies every 3 s, which added up to 3 s to every exchange of a round.
+looks for replies every 3 s, which added up to 3 s to every exchange of a round; and it sends each
+message's adapter as one array (``fedlora.packing``) instead of one object per tensor.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.superlink.grid.http_grid import HttpGrid
 
+from fedlora.packing import pack, unpack
 from fedlora.rounds import plain_reason
 
 PULL_S = 0.2  # how often the deployment's replies are looked for
@@ -25,9 +27,13 @@ PULL_S = 0.2  # how often the deployment's replies are looked for
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
     """``grid.send_and_receive``: the same semantics (every reply, or those in by ``timeout`` s; None: wait for
-    all), but on the deployment engine it pulls every ``PULL_S`` s instead of every 3 s."""
+    all), but on the deployment engine it pulls every ``PULL_S`` s instead of every 3 s and packs each adapter
+    into one array (the replies come back unpacked)."""
     if not isinstance(grid, HttpGrid):  # simulation's InMemoryGrid pulls every 0.1 s; test grids answer at once
         return list(grid.send_and_receive(messages, timeout=timeout))
+    messages = list(messages)
+    for msg in messages:
+        msg.content = pack(msg.content)
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
@@ -38,6 +44,9 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None = No
         if not pending or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(PULL_S)
+    for reply in replies:
+        if not reply.has_error():
+            reply.content = unpack(reply.content)
     return replies
 
 
