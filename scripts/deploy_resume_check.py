@@ -4,9 +4,8 @@ adapter of an uninterrupted run, tensor by tensor.
 A SuperLink and N SuperNodes on 127.0.0.1 with TLS and SuperNode authentication (``fedlora deploy``), each
 with its own image folder and ``state-dir``. Run A goes uninterrupted; run B's ``flwr-serverapp`` is killed
 (SIGKILL, by its PID) once ``status.json`` says round 1 is complete, then B is submitted again with run config
-``resume``. With ``--workers`` (each SuperNode hands its messages to a long-lived worker) it takes ~3 minutes on
-2 cores and runs in the test suite (``tests/test_deployment_resume.py``); without, a round takes ~45 s and this
-~6 minutes.
+``resume``. With ``--workers`` (each SuperNode hands its messages to a long-lived worker) it takes ~2-3 minutes
+on 2 cores and runs in the test suite (``tests/test_deployment_resume.py``); without, rounds take ~30 s.
 Every process it starts is ended by its PID.
 
     PATH=$PWD/.venv/bin:$PATH python scripts/deploy_resume_check.py [--workdir DIR] [--workers]
