@@ -8,6 +8,8 @@ between cases is the number of clients only. Per case:
   round_s          the server's wall time per round (metrics.jsonl), first round included
   overhead         sum of round_s / sum over rounds of (sum of the clients' train_s / parallel slots),
                    parallel slots = min(clients per round, Ray CPUs / simulation.num_cpus_per_client)
+  setup_share      per round, the clients' set-up (setup_s: model load, data, encoding; sum / slots) as a share of
+                   round_s: where a first round's overhead goes
 and, over the cases, peak_ratio_last_over_middle (the issue's target: 1,000 vs 100 clients <= 1.2).
 Usage: python scripts/bench_scale.py [--clients 8 100 1000] [--per-round 8] [--rounds 2]
        [--out docs/measurements/scale.json] [--set key=value ...] [--quick]
@@ -58,6 +60,17 @@ def overhead(rows: list[dict[str, Any]], slots: int) -> tuple[float, list[float]
     return (round(walls / ideals, 3) if ideals else float("nan")), per_round
 
 
+def setup_share(rows: list[dict[str, Any]], slots: int) -> list[float | None]:
+    """Per round: the clients' set-up time (sum of setup_s / slots) over the round's wall time."""
+    shares: list[float | None] = []
+    for row in rows:
+        if row.get("round", 0) < 1 or "clients" not in row:
+            continue
+        setups = [float(c["setup_s"]) for c in row["clients"].values() if "setup_s" in c]
+        shares.append(round(sum(setups) / slots / row["round_s"], 3) if setups else None)
+    return shares
+
+
 def run_case(
     num_clients: int, per_round: int, rounds: int, cpus: int, overrides: list[str], out_dir: Path
 ) -> dict[str, Any]:
@@ -94,6 +107,7 @@ def run_case(
         "mean_round_s": round(sum(round_s) / len(round_s), 2),
         "overhead": total,
         "overhead_per_round": per,
+        "setup_share_per_round": setup_share(rows, slots),
     }
 
 

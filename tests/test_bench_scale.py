@@ -31,6 +31,15 @@ def test_overhead_is_round_wall_over_client_compute_per_slot_first_round_include
     assert _bench().overhead(rows, slots=1)[0] == pytest.approx(10.0 / 16.0)
 
 
+def test_setup_share_is_the_clients_setup_per_slot_over_the_round_wall():
+    rows = [
+        {"round": 0},
+        {"round": 1, "round_s": 10.0, "clients": {"0": {"train_s": 1.0, "setup_s": 6.0}, "1": {"setup_s": 2.0}}},
+        {"round": 2, "round_s": 4.0, "clients": {"0": {"train_s": 1.0}}},
+    ]
+    assert _bench().setup_share(rows, slots=2) == [0.4, None]
+
+
 def test_quick_mode_measures_every_case(tmp_path):
     out = tmp_path / "scale.json"
     assert _bench().main(["--quick", "--out", str(out)]) == 0
@@ -39,4 +48,5 @@ def test_quick_mode_measures_every_case(tmp_path):
     for case in result["cases"]:
         assert case["peak_rss_gib"] > 0 and case["overhead"] > 0 and len(case["round_s"]) == case["rounds"] == 1
         assert case["clients_per_round"] == 2
+        assert len(case["setup_share_per_round"]) == 1 and 0 < case["setup_share_per_round"][0] < 1
     assert result["peak_ratio_last_over_middle"] > 0
