@@ -28,12 +28,14 @@ from flwr.compat.common import recorddict_compat as compat
 from fedlora import checkpoint
 from fedlora.config import ConfigError, ExperimentConfig, loads_config
 from fedlora.data import SiloData, load_silo, uses_silo_data
+from fedlora.evaluation.membership import attack_sets
 from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail, maybe_poison
 from fedlora.local_training import ClientRoundResult, client_round, round_seed
 from fedlora.models.lora import ModelView
 from fedlora.placement import ray_node_id
 from fedlora.privacy.dp import build_dp_mode
+from fedlora.privacy.objectives import objective_class
 from fedlora.protocol import (
     ARRAYS,
     AUDIT_NOTES,
@@ -62,6 +64,7 @@ from fedlora.protocol import (
     UPLOAD_KEYS,
     integer,
 )
+from fedlora.rules import client_rank
 from fedlora.runtime import get_runtime
 from fedlora.secure_aggregation import SecAggSettings
 
@@ -99,6 +102,25 @@ def query(content: RecordDict, context: Context) -> RecordDict:
     if config is not None and config.get(ORACLE) and ORACLE_STATE in context.state:
         return RecordDict({ARRAYS: context.state.array_records[ORACLE_STATE], METRICS: metrics})
     return RecordDict({METRICS: metrics})
+
+
+def warm(content: RecordDict, context: Context) -> None:
+    """Load what this silo's rounds need (the model, its encoded members and aux/test sets) before the first one.
+
+    A long-lived worker runs it after answering discovery's query, so that round 1 costs what later rounds do;
+    in a per-message ClientApp process it would be wasted (the process ends), so only the worker calls it."""
+    config = content.config_records.get(CONFIG)
+    if config is None or CONFIG_KEY not in config:
+        return
+    cfg = loads_config(str(config[CONFIG_KEY]))
+    silo = silo_of(cfg, context)
+    if silo is None:
+        return
+    torch.set_num_threads(cfg.simulation.num_cpus_per_client)
+    runtime = get_runtime(cfg, client_rank(cfg, partition_id(context)))
+    runtime.encode(silo.dataset, silo.splits.clients[0].members)
+    if objective_class(cfg.train.method).needs_aux:
+        attack_sets(runtime, silo.dataset, silo.splits, [0])
 
 
 def train(content: RecordDict, context: Context) -> RecordDict:

@@ -4,9 +4,10 @@ flwr 1.42 starts a fresh ``flwr-clientapp`` process for every message, so withou
 torch, reloads the pipeline and the silo's images and re-encodes them (a round took ~40 s for ~1 s of
 training). A SuperNode started with node config ``worker = "/path/to/socket"`` hands each message's content and
 its context to the worker listening there (``python -m clients.worker SOCKET``, or ``fedlora deploy local
---worker``); the worker runs the same body, whose model, data and encodings stay cached in its process
+--workers``); the worker runs the same body, whose model, data and encodings stay cached in its process
 (``fedlora.runtime``, ``fedlora.data``), and returns the reply's content and the context's updated state. The
-ClientApp process then imports neither torch nor the model.
+ClientApp process then imports neither torch nor the model. After answering discovery's query of a per-silo
+run, the worker loads the model and encodes its data (``handlers.warm``), so round 1 needs no set-up either.
 
 The socket is a Unix socket (this host only) with mode 0600: only the silo's own user reaches it. Each frame is
 an 8-byte length and its bytes: a JSON header, then the context and the content as Flower's protobuf messages
@@ -136,8 +137,15 @@ def call(
 # ---- the worker's side ----------------------------------------------------------------------------------------
 
 
-def handle(stream: io.BufferedIOBase, bodies: dict[str, Callable[[RecordDict, Context], RecordDict]]) -> str:
-    """Answer one request; the body's name (for the log)."""
+Followup = Callable[[RecordDict, Context], None]
+
+
+def handle(
+    stream: io.BufferedIOBase,
+    bodies: dict[str, Callable[[RecordDict, Context], RecordDict]],
+    after: dict[str, Followup] | None = None,
+) -> str:
+    """Answer one request, then run ``after[body]`` (if any) with the request; the body's name (for the log)."""
     header = json.loads(_read(stream))
     context_data, content_data = _read(stream), _read(stream)
     body = str(header.get("body"))
@@ -151,8 +159,8 @@ def handle(stream: io.BufferedIOBase, bodies: dict[str, Callable[[RecordDict, Co
         )
         return body
     try:
-        context = _context_of(context_data)
-        answer = bodies[body](_content_of(content_data), context)
+        context, content = _context_of(context_data), _content_of(content_data)
+        answer = bodies[body](content, context)
         frames = [_context_bytes(context), _content_bytes(answer)]
     except Exception as err:  # the ClientApp raises it, so Flower replies with an error and the server counts it
         last = traceback.extract_tb(err.__traceback__)[-1]
@@ -160,6 +168,11 @@ def handle(stream: io.BufferedIOBase, bodies: dict[str, Callable[[RecordDict, Co
         _write(stream, json.dumps({"ok": False, "error": error}).encode())
         return body
     _write(stream, json.dumps({"ok": True}).encode(), *frames)
+    if after and body in after:  # the ClientApp has its reply; the next request waits for this
+        try:
+            after[body](content, context)
+        except Exception as err:  # a failed warm-up costs time in round 1, nothing else
+            print(f"after {body!r}: {type(err).__name__}: {err}", flush=True)
     return body
 
 
@@ -169,16 +182,25 @@ def default_bodies() -> dict[str, Callable[[RecordDict, Context], RecordDict]]:
     return {name: getattr(handlers, name) for name in BODIES}
 
 
+def default_followups() -> dict[str, Followup]:
+    """After discovery's query: load the model and encode this silo's data, so round 1 needs no set-up."""
+    from clients import handlers
+
+    return {"query": handlers.warm}
+
+
 def serve(
     path: str | Path,
     bodies: dict[str, Callable[[RecordDict, Context], RecordDict]] | None = None,
     max_requests: int | None = None,
     log: Callable[[str], Any] = print,
+    after: dict[str, Followup] | None = None,
 ) -> int:
     """Listen on the Unix socket ``path`` and answer requests one at a time until SIGTERM/SIGINT (or
     ``max_requests``); the socket file is removed on the way out. Returns how many requests it answered."""
     socket_path = check_socket_path(path)
-    bodies = bodies or default_bodies()
+    if bodies is None:
+        bodies, after = default_bodies(), default_followups() if after is None else after
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     socket_path.unlink(missing_ok=True)
     served = 0
@@ -196,7 +218,7 @@ def serve(
             started = time.perf_counter()
             with conn, conn.makefile("rwb") as stream:
                 try:
-                    body = handle(stream, bodies)
+                    body = handle(stream, bodies, after)
                 except (OSError, EOFError, ValueError) as err:  # a broken request ends that request only
                     log(f"request dropped: {err}")
                     continue

@@ -120,3 +120,51 @@ def test_the_worker_command_serves_until_sigterm_and_removes_its_socket(socket_p
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_after_answering_a_request_the_worker_runs_its_followup_with_that_request(socket_path):
+    seen = []
+    thread = threading.Thread(
+        target=worker.serve,
+        args=(socket_path, {"query": handlers.query}, 1, lambda _: None, {"query": lambda c, ctx: seen.append(ctx)}),
+        daemon=True,
+    )
+    thread.start()
+    while not socket_path.exists():
+        time.sleep(0.05)
+    reply = worker.call(socket_path, "query", RecordDict({"config": ConfigRecord({})}), context(5))
+    thread.join(timeout=30)
+    assert reply["metrics"][PARTITION_ID] == 5 and [c.node_config[PARTITION_ID] for c in seen] == [5]
+
+
+def test_warming_a_silo_encodes_its_members_and_attack_sets_before_round_1(tiny_base, tmp_path, monkeypatch):
+    from silo_folders import make_silo_folder
+
+    from fedlora.protocol import DATA_PATH
+    from fedlora.runtime import ModelRuntime
+
+    folder = make_silo_folder(tmp_path / "silo", 0, 10)
+    cfg = load_config(
+        "configs/smoke.toml",
+        [
+            f"model.base_model='{tiny_base}'",
+            "data.dataset='silo'",
+            "federation.num_clients=1",
+            "train.method='smp-lora'",
+        ],
+    )
+    node = {PARTITION_ID: 0, "num-partitions": 1, DATA_PATH: str(folder), "members": 4, "nonmembers": 4}
+    ctx = Context(1, 7, node, RecordDict(), {})
+    encoded = []
+    real = ModelRuntime.encode
+    monkeypatch.setattr(ModelRuntime, "encode", lambda self, ds, ids: encoded.append(tuple(ids)) or real(self, ds, ids))
+    handlers.warm(RecordDict({"config": ConfigRecord({CONFIG_KEY: cfg.to_toml()})}), ctx)
+    split = handlers.silo_of(cfg, ctx).splits.clients[0]
+    assert (
+        tuple(split.members) in encoded
+        and tuple(split.member_aux) in encoded
+        and tuple(split.nonmember_test) in encoded
+    )
+    encoded.clear()
+    handlers.warm(RecordDict({"config": ConfigRecord({})}), ctx)  # no config (a simulation's query): nothing
+    assert encoded == []
