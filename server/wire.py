@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
@@ -25,18 +25,26 @@ from fedlora.rounds import plain_reason
 PULL_S = 0.2  # how often the deployment's replies are looked for
 
 
-def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
+def exchange(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float | None = None,
+    on_wire: Callable[[list[Message], list[Message]], None] | None = None,
+) -> list[Message]:
     """``grid.send_and_receive``: the same semantics (every reply, or those in by ``timeout`` s; None: wait for
     all), but on the deployment engine it pulls every ``PULL_S`` s instead of every 3 s and packs each adapter
-    into one array (the replies come back unpacked)."""
-    if not isinstance(grid, HttpGrid):  # simulation's InMemoryGrid pulls every 0.1 s; test grids answer at once
-        return list(grid.send_and_receive(messages, timeout=timeout))
+    into one array (the replies come back unpacked). ``on_wire`` sees the messages and replies as they travel."""
     messages = list(messages)
+    if not isinstance(grid, HttpGrid):  # simulation's InMemoryGrid pulls every 0.1 s; test grids answer at once
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        if on_wire is not None:
+            on_wire(messages, replies)
+        return replies
     for msg in messages:
         msg.content = pack(msg.content)
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
-    replies: list[Message] = []
+    replies = []
     while pending:
         got = list(grid.pull_messages(pending))
         replies += got
@@ -44,6 +52,8 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float | None = No
         if not pending or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(PULL_S)
+    if on_wire is not None:
+        on_wire(messages, replies)
     for reply in replies:
         if not reply.has_error():
             reply.content = unpack(reply.content)
@@ -65,19 +75,22 @@ class CountingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
-        for msg in messages:
-            self.down[msg.metadata.dst_node_id] += content_bytes(msg.content)
-        replies = exchange(self.inner, messages, timeout)
-        for reply in replies:
-            if reply.has_error():
-                self.errors.setdefault(reply.metadata.src_node_id, plain_reason(str(reply.error.reason)))
-            else:
-                self.up[reply.metadata.src_node_id] += content_bytes(reply.content)
+        replies = exchange(self.inner, messages, timeout, on_wire=self._count)
         answered = {reply.metadata.src_node_id for reply in replies}
         for msg in messages:
             if msg.metadata.dst_node_id not in answered:
                 self.errors.setdefault(msg.metadata.dst_node_id, f"no reply within {timeout} s")
         return replies
+
+    def _count(self, messages: list[Message], replies: list[Message]) -> None:
+        """The serialised content as it travels (packed, on the deployment engine)."""
+        for msg in messages:
+            self.down[msg.metadata.dst_node_id] += content_bytes(msg.content)
+        for reply in replies:
+            if reply.has_error():
+                self.errors.setdefault(reply.metadata.src_node_id, plain_reason(str(reply.error.reason)))
+            else:
+                self.up[reply.metadata.src_node_id] += content_bytes(reply.content)
 
     def take(self) -> dict[str, float]:
         """Mean bytes per client messaged since the last call, then reset."""

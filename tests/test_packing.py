@@ -71,3 +71,12 @@ def test_a_packed_train_message_gets_a_packed_reply_equal_to_the_plain_one(tiny_
     assert is_packed(packed.content) and not is_packed(plain.content)
     a, b = handlers.arrays_of(plain.content["arrays"]), handlers.arrays_of(unpack(packed.content)["arrays"])
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_flower_keys_packing_spells_out_are_flowers():
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    from fedlora import packing
+
+    assert (packing.CLIPPING_NORM, packing.SECAGG_CONFIGS) == (KEY_CLIPPING_NORM, RECORD_KEY_CONFIGS)
