@@ -66,6 +66,11 @@ CANDIDATES: dict[str, list[str]] = {
     "smp-l5-fast-cal-k4": smp(5.0, 1e-3, 4, 8, "calibrated"),
     "smp-l5-fast-cal-d4": smp(5.0, 1e-3, 2, 8, "calibrated", 4),
     "smp-l10-fast-cal": smp(10.0, 1e-3, 2, 8, "calibrated"),
+    # the privacy term's weight relative to the diffusion loss, λL/D with D = 1 − λG, saturates at
+    # L/|G| as λ grows (≈ 0.09, 0.10, 0.11 at λ = 5, 10, 20 with G ≈ log ½), and AdamW ignores the
+    # overall 1/D scale: so λ ≤ 5 is where the push can be dosed (≈ 0.05 at λ = 1, 0.07 at λ = 2)
+    "smp-l2-fast-cal": smp(2.0, 1e-3, 2, 8, "calibrated"),
+    "smp-l1-fast-cal": smp(1.0, 1e-3, 2, 8, "calibrated"),
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"
