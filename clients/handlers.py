@@ -16,6 +16,7 @@ converted to arrays once, here, on the way in and on the way out.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from fedlora import checkpoint
 from fedlora.config import ConfigError, ExperimentConfig, loads_config
-from fedlora.data import SiloData, load_silo, uses_silo_data
+from fedlora.data import SiloData, load_dataset, load_silo, uses_silo_data
 from fedlora.evaluation.membership import attack_sets
 from fedlora.evaluation.silo import audit_silo
 from fedlora.faults import maybe_fail, maybe_poison
@@ -62,10 +63,11 @@ from fedlora.protocol import (
     SECAGG_MAX_WEIGHT,
     STATE_DIR,
     UPLOAD_KEYS,
+    WARM,
     integer,
 )
 from fedlora.rules import client_rank
-from fedlora.runtime import get_runtime
+from fedlora.runtime import get_runtime, get_splits
 from fedlora.secure_aggregation import SecAggSettings
 
 
@@ -96,12 +98,35 @@ def query(content: RecordDict, context: Context) -> RecordDict:
     metrics = MetricRecord({PARTITION_ID: partition_id(context)})
     config = content.config_records.get(CONFIG)
     if config is not None and CONFIG_KEY in config:
-        silo = silo_of(loads_config(str(config[CONFIG_KEY])), context)  # a bad data-path fails discovery
+        cfg = config_of(str(config[CONFIG_KEY]))
+        silo = silo_of(cfg, context)  # a bad data-path fails discovery
         if silo is not None:
             metrics.update(silo.counts())
+        if config.get(WARM):
+            warm_shared(cfg, context)
     if config is not None and config.get(ORACLE) and ORACLE_STATE in context.state:
         return RecordDict({ARRAYS: context.state.array_records[ORACLE_STATE], METRICS: metrics})
     return RecordDict({METRICS: metrics})
+
+
+@lru_cache(maxsize=4)
+def config_of(text: str) -> ExperimentConfig:
+    """The config of a query's TOML text, parsed once per process (discovery sends it to every node)."""
+    return loads_config(text)
+
+
+def warm_shared(cfg: ExperimentConfig, context: Context) -> None:
+    """Load what every client of this process shares (the model at this client's rank, the dataset, the
+    splits) while discovery runs, so that round 1 costs what later rounds do.
+
+    Simulation only (the server sets ``WARM``): its Ray workers outlive a message, and load these once
+    each, so all but a worker's first query return at once. Per-client work (encoding its members, its
+    aux and test sets) stays in the client's first round: which clients a worker will train is not known."""
+    torch.set_num_threads(cfg.simulation.num_cpus_per_client)
+    get_runtime(cfg, client_rank(cfg, partition_id(context)))
+    if not uses_silo_data(cfg):
+        load_dataset(cfg.data)
+        get_splits(cfg)
 
 
 def warm(content: RecordDict, context: Context) -> None:

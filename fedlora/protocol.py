@@ -21,6 +21,7 @@ SECAGG_MAX_WEIGHT = "fedlora-secagg-max-weight"  # the weight that maps to ratio
 SECAGG_CLIPPED = "secagg_clipped"  # reply metric: how many of the client's values the quantizer clips
 ORACLE = "fedlora-oracle"  # query flag: return the last plain upload (simulation's oracle only)
 ORACLE_STATE = "oracle-upload"  # where a client keeps that upload
+WARM = "fedlora-warm"  # query flag (simulation): load the model and the dataset now, before round 1
 PLACEMENT = "placement"  # reply ConfigRecord: where the client ran (its Ray node id under simulation)
 RAY_NODE_ID = "ray-node-id"
 PROCESS_AGE = "process_s"  # a train reply: seconds since the ClientApp process started (where known)

@@ -10,6 +10,8 @@ between cases is the number of clients only. Per case:
                    parallel slots = min(clients per round, Ray CPUs / simulation.num_cpus_per_client)
   setup_share      per round, the clients' set-up (setup_s: model load, data, encoding; sum / slots) as a share of
                    round_s: where a first round's overhead goes
+  discovery_s      the wall time of client discovery before round 1 (metrics.jsonl round 0), which includes
+                   the Ray workers' warm-up (model, dataset, splits: clients.handlers.warm_shared)
 and, over the cases, peak_ratio_last_over_middle (the issue's target: 1,000 vs 100 clients <= 1.2).
 Usage: python scripts/bench_scale.py [--clients 8 100 1000] [--per-round 8] [--rounds 2]
        [--out docs/measurements/scale.json] [--set key=value ...] [--quick]
@@ -108,6 +110,7 @@ def run_case(
         "overhead": total,
         "overhead_per_round": per,
         "setup_share_per_round": setup_share(rows, slots),
+        "discovery_s": next((round(r["discovery_s"], 2) for r in rows if "discovery_s" in r), None),
     }
 
 
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in cases:
         print(
             f"{c['num_clients']:>5} clients: peak {c['peak_rss_gib']:.2f} GiB, round {c['mean_round_s']:.1f} s, "
-            f"overhead {c['overhead']:.2f} {c['overhead_per_round']}"
+            f"overhead {c['overhead']:.2f} {c['overhead_per_round']}, discovery {c['discovery_s']} s"
         )
     return 0
 

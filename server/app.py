@@ -199,10 +199,13 @@ def _serve(
     tracker = None if splits is None else LossTracker(cfg, runtime, splits)  # per-silo: no data to track
     membership = Membership(
         cfg.federation.num_clients,
-        config_text=cfg.to_toml() if splits is None else None,
+        config_text=cfg.to_toml() if splits is None or client_state else None,
         query_timeout=min(DISCOVERY_TIMEOUT_S, cfg.federation.round_timeout_s),
+        warm=client_state,  # simulation: the Ray workers load the model and data now, not in round 1
     )
+    discovery_started = time.perf_counter()
     membership.discover(grid, min_clients_present(cfg))
+    discovery_s = time.perf_counter() - discovery_started
     counts = membership.counts
 
     def write_silos() -> None:  # the silos met so far (late joiners added at the end)
@@ -255,6 +258,8 @@ def _serve(
         for key, value in wire.take().items():
             setattr(entry, key, value)
         row = {"round": server_round, **losses, **log.row(server_round), **dp.round_metrics(log, server_round)}
+        if server_round == 0 and saved is None:  # discovery's wall time (in simulation: the workers' warm-up)
+            row["discovery_s"] = discovery_s
         timings.train_s += row.get("round_s", 0.0)
         outputs.append_metrics(row)
         if server_round > 0:

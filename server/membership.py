@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedlora.protocol import CONFIG, CONFIG_KEY, METRICS, PARTITION_ID, SILO_COUNT_PREFIX, integer
+from fedlora.protocol import CONFIG, CONFIG_KEY, METRICS, PARTITION_ID, SILO_COUNT_PREFIX, WARM, integer
 from fedlora.rounds import plain_reason
 
 from .wire import exchange
@@ -42,11 +42,20 @@ class Membership:
     ``config_text`` goes with every query so that a per-silo run's clients load their data when
     they are met (a bad data-path fails there, not in a round) and reply with their split sizes
     (``counts``: partition id -> split name -> size, all the server learns of a silo's data).
+    In simulation it goes too, with ``warm``: each Ray worker then loads the model and the dataset
+    during discovery rather than in round 1 (``clients.handlers.warm_shared``).
     """
 
-    def __init__(self, expected: int, config_text: str | None = None, query_timeout: float = DISCOVERY_TIMEOUT_S):
+    def __init__(
+        self,
+        expected: int,
+        config_text: str | None = None,
+        query_timeout: float = DISCOVERY_TIMEOUT_S,
+        warm: bool = False,
+    ):
         self.expected = expected
         self.config_text = config_text
+        self.warm = warm  # ask each client to load its model and data now (simulation: its process outlives the query)
         self.query_timeout = query_timeout
         self.partition_of: dict[int, int] = {}  # node id -> partition id
         self.counts: dict[int, dict[str, int]] = {}
@@ -119,6 +128,8 @@ class Membership:
 
     def _query(self, grid: Grid, node_ids: list[int], timeout: float) -> list[Message]:
         query = ConfigRecord({} if self.config_text is None else {CONFIG_KEY: self.config_text})
+        if self.warm and self.config_text is not None:
+            query[WARM] = True
         messages = [Message(RecordDict({CONFIG: query}), dst_node_id=n, message_type="query") for n in node_ids]
         return exchange(grid, messages, timeout)
 

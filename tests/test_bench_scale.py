@@ -49,4 +49,5 @@ def test_quick_mode_measures_every_case(tmp_path):
         assert case["peak_rss_gib"] > 0 and case["overhead"] > 0 and len(case["round_s"]) == case["rounds"] == 1
         assert case["clients_per_round"] == 2
         assert len(case["setup_share_per_round"]) == 1 and 0 < case["setup_share_per_round"][0] < 1
+        assert case["discovery_s"] > 0  # the Ray workers warm up during discovery
     assert result["peak_ratio_last_over_middle"] > 0

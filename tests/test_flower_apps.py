@@ -9,9 +9,10 @@ from flwr.app.metadata import Metadata
 
 from clients import app as client_module
 from clients import handlers
+from fedlora import runtime as runtime_module
 from fedlora.aggregation import fedavg
 from fedlora.config import load_config
-from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID
+from fedlora.protocol import CONFIG_KEY, NUM_EXAMPLES, PARTITION_ID, WARM
 from fedlora.rounds import RoundLog
 from fedlora.rules import build_rule
 from fedlora.runtime import get_runtime
@@ -72,6 +73,19 @@ def test_query_handler_reports_partition_and_requires_it():
     bare = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(KeyError, match="--node-config"):
         handlers.partition_id(bare)
+
+
+def test_a_warm_query_loads_the_model_and_splits_a_plain_one_loads_nothing(cfg, monkeypatch):
+    monkeypatch.setattr(runtime_module, "_RUNTIMES", {})
+    monkeypatch.setattr(runtime_module, "_SPLITS", {})
+    plain = ConfigRecord({CONFIG_KEY: cfg.to_toml()})
+    client_module.query(message(RecordDict({"config": plain}), "query"), context(1))
+    assert runtime_module._RUNTIMES == {} and runtime_module._SPLITS == {}
+    warm = ConfigRecord({CONFIG_KEY: cfg.to_toml(), WARM: True})
+    reply = client_module.query(message(RecordDict({"config": warm}), "query"), context(1))
+    assert reply.content["metrics"][PARTITION_ID] == 1
+    assert len(runtime_module._RUNTIMES) == 1 and len(runtime_module._SPLITS) == 1
+    assert handlers.config_of(cfg.to_toml()) is handlers.config_of(cfg.to_toml())  # parsed once per process
 
 
 def fake_reply(pid, state, n):

@@ -11,7 +11,7 @@ from silo_folders import make_silo_folder
 from clients.app import app as client_app
 from fedlora.config import ConfigError, load_config
 from fedlora.outputs import SILOS_FILE, SUMMARY_FILE
-from fedlora.protocol import DATA_PATH, PARTITION_ID, SILO_MEMBERS, SILO_NONMEMBERS
+from fedlora.protocol import DATA_PATH, PARTITION_ID, SILO_MEMBERS, SILO_NONMEMBERS, WARM
 from server.app import run_federated
 from server.membership import Membership
 
@@ -30,6 +30,9 @@ class ChangingGrid(LocalGrid):
 
     def push_messages(self, messages):
         messages = list(messages)
+        self.queries = getattr(self, "queries", []) + [
+            m.content.config_records["config"] for m in messages if m.metadata.message_type == "query"
+        ]
         ids = super().push_messages(messages)
         rounds = {
             m.content.config_records["config"].get("server-round")
@@ -147,7 +150,31 @@ def test_rounds_sample_the_nodes_online_and_a_node_that_comes_back_is_used_next_
     assert (r3["online"], r3["joined"], r3["sampled"]) == ([0, 1, 2], [1], [0, 1, 2])
     assert (r3["failed_replies"], r3["rejected_updates"], sorted(r3["clients"])) == (1, 0, ["0", "2"])
     assert r1["failed_replies"] == r2["failed_replies"] == 0
+    assert rows[0]["discovery_s"] > 0
+    assert grid.queries and not any(
+        WARM in q for q in grid.queries
+    )  # a deployment's ClientApp process would not keep it
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["failures"]["failed_replies"] == 1
     assert summary["privacy"]["silo_audit"]["silos_reported"] == [0, 1, 2]
     assert sorted(json.loads((run_dir / SILOS_FILE).read_text())["clients"]) == ["0", "1", "2"]
+
+
+class _Discovered(Exception):
+    pass
+
+
+@pytest.mark.parametrize("simulation", [True, False])
+def test_simulation_discovery_asks_the_workers_to_warm_up_deployment_does_not(simulation, tmp_path, monkeypatch):
+    seen = {}
+
+    def discover(self, grid, min_present, timeout=0):
+        seen.update(warm=self.warm, config=self.config_text)
+        raise _Discovered
+
+    monkeypatch.setattr(Membership, "discover", discover)
+    cfg = load_config("configs/smoke.toml", [f"run.output_dir='{tmp_path}'"])
+    with pytest.raises(_Discovered):
+        run_federated(ChangingGrid(client_app, 2), cfg, client_state=simulation)
+    assert seen["warm"] is simulation
+    assert (seen["config"] is not None) is simulation  # with the warm flag, the query carries the config
