@@ -87,9 +87,11 @@ def finalize_run(
     result.adapter_rank = adapter_model.lora_rank
     # the audited models, so that `fedlora evaluate` can attack them again without training
     save_view(outputs.view_path(GLOBAL_VIEW), view)
-    for cid, client_view in (client_views or {}).items():
-        save_view(outputs.view_path(int(cid)), client_view)
-    summary = evaluate_outputs(outputs, cfg, runtime, splits, view, client_views or {}, result, t0, started)
+    client_views = client_views or {}
+    for cid in client_views:  # a run's server wrote them as they arrived (AuditViews.on_disk)
+        if not outputs.view_path(int(cid)).is_file():
+            save_view(outputs.view_path(int(cid)), client_views[cid])
+    summary = evaluate_outputs(outputs, cfg, runtime, splits, view, client_views, result, t0, started)
     summary.write(outputs.root)
     write_reports(outputs.root)
     return summary

@@ -24,7 +24,7 @@ from fedlora.evaluation.silo import silo_audits, summarise_silo_audits
 from fedlora.evaluation.tracking import LossTracker
 from fedlora.finalize import RunResult, finalize_run
 from fedlora.models.lora import ModelView
-from fedlora.outputs import SILOS_FILE, SPLITS_FILE, RunOutputs
+from fedlora.outputs import SILOS_FILE, SPLITS_FILE, VIEWS_DIR, RunOutputs
 from fedlora.preflight import preflight
 from fedlora.privacy.dp import build_dp_mode
 from fedlora.protocol import (
@@ -246,6 +246,7 @@ def _serve(
             tracker.reference = saved["tracker_reference"]
         checkpoint.set_rng_state(saved["rng"])
         first_round, elapsed_before = saved["round"] + 1, float(saved["elapsed_s"])
+    rule.keep_views_in(outputs.path(VIEWS_DIR))  # the audited clients' views go to disk as they arrive
     progress = tqdm(
         total=cfg.federation.rounds, initial=max(0, first_round - 1), desc=f"{cfg.run.name}: rounds", unit="round"
     )

@@ -1,6 +1,8 @@
 """Flat memory in the number of clients: client state on disk, bounded caches and audit views,
 a fixed number of clients per round, and a dataset large enough for a thousand clients."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +125,34 @@ def test_a_rule_keeps_views_of_the_audited_clients_only_also_after_a_resume():
     assert isinstance(resumed.views, AuditViews)
     views = AuditViews([1], {1: ModelView(), 2: ModelView()})
     assert set(views) == {1}
+
+
+def test_views_on_disk_are_written_as_they_arrive_held_as_paths_and_follow_a_moved_run_folder(tmp_path):
+    import pickle
+
+    cfg = load_config(None, ["federation.num_clients=6", "evaluation.audit_clients=2"])
+    audited = sorted(audited_clients(cfg))
+    rng = np.random.default_rng(0)
+    state = {
+        "a.lora_A.weight": rng.normal(size=(1, 2)).astype(np.float32),
+        "a.lora_B.weight": np.zeros((2, 1), np.float32),
+    }
+    rule = build_rule(cfg).start(state)
+    rule.keep_views_in(tmp_path / "run" / "views")
+    rule.aggregate({c: state for c in range(6)}, {c: 1.0 for c in range(6)})
+    files = sorted(p.name for p in (tmp_path / "run" / "views").iterdir())
+    assert files == [f"client_{c}.safetensors" for c in audited]  # only the audited ones, no .tmp left
+    assert all(isinstance(held, Path) for held in rule.views._held.values())  # nothing else kept in memory
+    np.testing.assert_array_equal(rule.client_views()[audited[0]].lora["a.lora_A.weight"], state["a.lora_A.weight"])
+    saved = pickle.loads(pickle.dumps(rule.state_dict()))  # what a checkpoint holds: paths, not arrays
+    assert len(pickle.dumps(saved["views"])) < 1000
+    (tmp_path / "run").rename(tmp_path / "moved")
+    resumed = build_rule(cfg).start(state)
+    resumed.load_state_dict(saved)
+    resumed.keep_views_in(tmp_path / "moved" / "views")
+    assert set(resumed.client_views()) == set(audited)
+    view = resumed.client_views()[audited[1]]
+    np.testing.assert_array_equal(view.lora["a.lora_A.weight"], state["a.lora_A.weight"])
 
 
 # ---- a fixed number of clients per round -----------------------------------------------------

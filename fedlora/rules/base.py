@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,7 +92,7 @@ class Rule(ABC):
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         # the last update of each audited client (evaluation.audit_clients), as the server sees it
-        self.views: dict[int, ModelView] = AuditViews(audited_clients(cfg))
+        self.views: AuditViews = AuditViews(audited_clients(cfg))
 
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
@@ -147,7 +148,16 @@ class Rule(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         vars(self).update(state)
-        self.views = AuditViews(audited_clients(self.cfg), self.views)  # a checkpoint holds a plain dict
+        if not isinstance(self.views, AuditViews):  # an older checkpoint holds a plain dict
+            self.views = AuditViews(audited_clients(self.cfg), self.views)
+
+    def keep_views_in(self, folder: Path) -> None:
+        """Write each audited client's view to ``folder`` as it arrives and hold only its path (a run's
+        ``views/``); views held so far go there too, and a resumed run's follow its run folder."""
+        if isinstance(self.views, AuditViews):
+            self.views = self.views.moved_to(folder)
+        else:
+            self.views = AuditViews.on_disk(audited_clients(self.cfg), folder, self.views)
 
     @abstractmethod
     def payload(self, client_id: int) -> Arrays:
@@ -214,5 +224,6 @@ class Rule(ABC):
     def global_view(self) -> ModelView:
         """The global model the audit attacks."""
 
-    def client_views(self) -> dict[int, ModelView]:
-        return dict(self.views)
+    def client_views(self) -> Mapping[int, ModelView]:
+        """The audited clients' views; on disk, each is read when asked for (one at a time in the audit)."""
+        return self.views
