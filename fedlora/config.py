@@ -116,8 +116,10 @@ class PrivacyConfig:
     attacker_weight_decay: float = setting(1e-4, min=0.0)
     attacker_dropout: float = setting(0.5, min=0.0, max=0.99)
     # what the proxy attacker sees: the error map (the paper's), or the map minus the base model's on
-    # the same (t, eps) ("calibrated", what the strongest attacks compare); averaged over k draws
-    attacker_features: Literal["error", "calibrated"] = "error"
+    # the same (t, eps) ("calibrated", what the strongest attacks compare); averaged over k draws.
+    # "calibrated-loss": one number per sample, the relative change of its denoising loss against the
+    # base model's on the same draws, (l - l_base) / l_base (the loss-calibrated attack's own score)
+    attacker_features: Literal["error", "calibrated", "calibrated-loss"] = "error"
     attacker_feature_draws: int = setting(1, min=1)
     # Differential privacy (fedlora/privacy/dp/): dp-fedavg: Flower's central DP wrapper (update
     # clipping at dp_max_grad_norm + Gaussian noise, RDP accountant, user-level); dp-lora: per-sample

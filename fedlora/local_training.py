@@ -19,11 +19,12 @@ from .data import SiloData, load_dataset
 from .device import NO_MIXED, autocast
 from .evaluation.attacks.base import AttackSets
 from .evaluation.membership import attack_sets
-from .models.diffusion import loss_maps
+from .models.diffusion import loss_map_pair, loss_maps
 from .models.lora import ModelView, init_lora, set_trainable
 from .privacy.attacker import membership_labels
 from .privacy.dp import build_dp_mode
 from .privacy.objectives import LabelledMaps, MembershipBatches, objective_class
+from .privacy.objectives.membership import CALIBRATED, CALIBRATED_LOSS, ERROR, relative_loss_change
 from .rules import Arrays, build_rule, client_rank
 from .runtime import ModelRuntime, get_runtime, get_splits
 from .training import TrainStats
@@ -49,10 +50,17 @@ def membership_batches(
     """
     m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
     draws = privacy.attacker_feature_draws if privacy else 1
-    reference = runtime.adapters_disabled if privacy and privacy.attacker_features == "calibrated" else None
+    kind = privacy.attacker_features if privacy else ERROR
+    reference = runtime.adapters_disabled if kind in (CALIBRATED, CALIBRATED_LOSS) else None
 
     def maps(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(runtime.device, precision):
+            if kind == CALIBRATED_LOSS:
+                assert reference is not None
+                pairs = [
+                    loss_map_pair(runtime.unet, runtime.scheduler, latents, cond, gen, reference) for _ in range(draws)
+                ]
+                return relative_loss_change([a for a, _ in pairs], [b for _, b in pairs])
             got = [
                 loss_maps(runtime.unet, runtime.scheduler, latents, cond, gen, reference=reference)
                 for _ in range(draws)

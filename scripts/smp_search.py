@@ -71,6 +71,10 @@ CANDIDATES: dict[str, list[str]] = {
     # overall 1/D scale: so λ ≤ 5 is where the push can be dosed (≈ 0.05 at λ = 1, 0.07 at λ = 2)
     "smp-l2-fast-cal": smp(2.0, 1e-3, 2, 8, "calibrated"),
     "smp-l1-fast-cal": smp(1.0, 1e-3, 2, 8, "calibrated"),
+    # the proxy sees one number per sample, its relative loss change against the base (the
+    # loss-calibrated attack's score), so that a proxy at chance pushes nothing
+    "smp-l5-fast-calloss": smp(5.0, 1e-3, 2, 8, "calibrated-loss"),
+    "smp-l20-fast-calloss": smp(20.0, 1e-3, 2, 8, "calibrated-loss"),
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fedlora.config import load_config
 from fedlora.data import load_dataset
@@ -48,12 +49,13 @@ def test_client_id_out_of_range(tiny_base):
         client_round(cfg, 2, get_runtime(cfg).get_lora(), server_round=1)
 
 
-def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base):
+@pytest.mark.parametrize("features", ["calibrated", "calibrated-loss"])
+def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base, features):
     cfg = cfg_for(
         tiny_base,
         **{
             "train.method": "'smp-lora'",
-            "privacy.attacker_features": "'calibrated'",
+            "privacy.attacker_features": f"'{features}'",
             "privacy.attacker_feature_draws": 2,
             "privacy.attacker_steps": 2,
         },

@@ -176,3 +176,30 @@ def test_calibrated_multi_draw_features_average_own_minus_base_errors():
     plain = objective_class("smp-lora")(PrivacyConfig(), _attacker(), NO_BATCHES)
     l_plain, seen_plain = plain.features(draws[0][0], None)  # the paper's: the map itself, one draw
     assert seen_plain is draws[0][0] and l_plain.item() == pytest.approx(draws[0][0].mean().item())
+
+
+def test_calibrated_loss_features_are_each_samples_relative_loss_change_against_the_base():
+    from fedlora.privacy.objectives import StepBatch
+    from fedlora.privacy.objectives.membership import attacker_input_size, relative_loss_change
+
+    gen = torch.Generator().manual_seed(1)
+    shape = (3, 2, 2, 2)
+    draws = [
+        (torch.rand(shape, generator=gen) + 0.1, torch.rand(shape, generator=gen) + 0.1, torch.tensor([5, 6, 7]))
+        for _ in range(2)
+    ]
+    extra = iter(draws[1:])
+    batch = StepBatch(noise=draws[0][1], t=draws[0][2], redraw=lambda: next(extra), base_error=lambda n, t: 2.0 * n)
+    privacy = PrivacyConfig(attacker_features="calibrated-loss", attacker_feature_draws=2)
+    obj = objective_class("smp-lora")(privacy, _attacker(), NO_BATCHES)
+    err = draws[0][0].clone().requires_grad_(True)
+    _, seen = obj.features(err, batch)
+    own = sum(e.mean(dim=(1, 2, 3)) for e, _, _ in draws)
+    base = sum((2.0 * n).mean(dim=(1, 2, 3)) for _, n, _ in draws)
+    assert seen.shape == (3, 1)
+    torch.testing.assert_close(seen.detach(), ((own - base) / base).unsqueeze(1))
+    seen.sum().backward()  # the push reaches the member batch's own error map
+    assert err.grad is not None and bool((err.grad > 0).all())
+    same = [torch.full(shape, 0.2)] * 2
+    torch.testing.assert_close(relative_loss_change(same, same), torch.zeros(3, 1))
+    assert attacker_input_size("calibrated-loss", 4096) == 1 and attacker_input_size("calibrated", 4096) == 4096

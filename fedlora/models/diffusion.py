@@ -113,14 +113,45 @@ def loss_maps(
     ``reference``: while entered, ``unet`` computes the base model; the map is then the difference
     of the two models' errors on the same draw (the calibrated feature).
     """
+    if reference is not None:
+        adapted, base = loss_map_pair(unet, scheduler, latents, cond, gen, reference, batch_size)
+        return adapted - base
+    noise, t = _draw(scheduler, latents, gen)
+    out = [
+        squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
+        for sl in _slices(len(latents), batch_size)
+    ]
+    return torch.cat(out) if out else latents.new_zeros((0, *latents.shape[1:]))
+
+
+def loss_map_pair(
+    unet: Any,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    gen: torch.Generator,
+    reference: Callable[[], AbstractContextManager[Any]],
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapted and the base model's (N, C, h, w) squared-error maps on the same fresh (t, eps) per sample
+    (``reference`` entered: ``unet`` computes the base model)."""
+    noise, t = _draw(scheduler, latents, gen)
+    adapted, base = [], []
+    for sl in _slices(len(latents), batch_size):
+        adapted.append(squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl]))
+        with reference():
+            base.append(squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl]))
+    if not adapted:
+        empty = latents.new_zeros((0, *latents.shape[1:]))
+        return empty, empty
+    return torch.cat(adapted), torch.cat(base)
+
+
+def _draw(scheduler: Any, latents: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
-    out = []
-    for i in range(0, len(latents), batch_size):
-        sl = slice(i, i + batch_size)
-        err = squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
-        if reference is not None:
-            with reference():
-                err = err - squared_error_map(unet, scheduler, latents[sl], cond[sl], noise[sl], t[sl])
-        out.append(err)
-    return torch.cat(out) if out else latents.new_zeros((0, *latents.shape[1:]))
+    return noise, t
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(i, i + size) for i in range(0, n, size)]

@@ -7,8 +7,17 @@ on the client's own D_te.
 
 What the attacker sees (``privacy.attacker_features``): the error map (ε − ε_θ)², as the paper
 has it, or the *calibrated* map, the adapted model's error minus the base model's on the same
-(t, ε) — what the strongest attacks compare. ``privacy.attacker_feature_draws`` > 1 averages the
-map over that many (t, ε) draws, like the evaluation's learned MLP.
+(t, ε) — what the strongest attacks compare — or one number per sample, the *relative change of its
+loss* against the base model's on the same draws (``calibrated-loss``: the loss-calibrated attack's
+score). ``privacy.attacker_feature_draws`` > 1 averages over that many (t, ε) draws, like the
+evaluation's learned MLP and loss attacks.
+
+Why the scalar (a hypothesis the search in docs/results.md tests): a proxy near chance on 16,384-dim
+single-draw maps still has large, arbitrary input gradients (it fits noise), and SMP-LoRA follows
+them: with the calibrated map the members' *and* non-members' losses rose together. On one
+well-scaled number a proxy that cannot separate members should be nearly flat, so its push fades;
+one that can separates them by the signal the strongest attacks use, and its push moves the
+members' loss toward the non-members'.
 """
 
 from __future__ import annotations
@@ -21,6 +30,20 @@ from ...config import ExperimentConfig, PrivacyConfig
 from ...device import to_float
 from ..attacker import ProxyAttacker, member_cross_entropy
 from .base import MembershipBatches, Objective, StepBatch
+
+ERROR, CALIBRATED, CALIBRATED_LOSS = "error", "calibrated", "calibrated-loss"  # privacy.attacker_features
+
+
+def relative_loss_change(adapted: list[torch.Tensor], base: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 1): (Σ_draws l − Σ_draws l_base) / Σ_draws l_base per sample, from each draw's (B, C, h, w) maps."""
+    ell = torch.stack([a.mean(dim=(1, 2, 3)) for a in adapted]).sum(0)
+    ell_base = torch.stack([b.mean(dim=(1, 2, 3)) for b in base]).sum(0)
+    return ((ell - ell_base) / ell_base.clamp_min(1e-12)).unsqueeze(1)
+
+
+def attacker_input_size(kind: str, map_size: int) -> int:
+    """How many numbers the proxy attacker sees per sample."""
+    return 1 if kind == CALIBRATED_LOSS else map_size
 
 
 class ProxyAttackerObjective(Objective):
@@ -39,7 +62,7 @@ class ProxyAttackerObjective(Objective):
             raise ValueError(f"train.method = {cfg.train.method!r} needs the client's aux and test loss maps")
         p = cfg.privacy
         attacker = ProxyAttacker(
-            feature_size,
+            attacker_input_size(p.attacker_features, feature_size),
             lr=p.attacker_learning_rate,
             weight_decay=p.attacker_weight_decay,
             dropout=p.attacker_dropout,
@@ -55,14 +78,17 @@ class ProxyAttackerObjective(Objective):
     def features(self, err: torch.Tensor, batch: StepBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_ada, the attacker's input) of the member batch, over ``attacker_feature_draws`` draws."""
         p = self.privacy
-        simple = p.attacker_features == "error" and p.attacker_feature_draws == 1
+        simple = p.attacker_features == ERROR and p.attacker_feature_draws == 1
         if simple:
             return err.mean(), err
         if batch is None:
             raise ValueError("calibrated or multi-draw attacker features need the step's batch")
         draws = [(err, batch.noise, batch.t)] + [batch.redraw() for _ in range(p.attacker_feature_draws - 1)]
-        maps = [e - batch.base_error(n, t) if p.attacker_features == "calibrated" else e for e, n, t in draws]
-        return torch.stack([e.mean() for e, _, _ in draws]).mean(), torch.stack(maps).mean(0)
+        l_ada = torch.stack([e.mean() for e, _, _ in draws]).mean()
+        if p.attacker_features == CALIBRATED_LOSS:
+            return l_ada, relative_loss_change([e for e, _, _ in draws], [batch.base_error(n, t) for _, n, t in draws])
+        maps = [e - batch.base_error(n, t) if p.attacker_features == CALIBRATED else e for e, n, t in draws]
+        return l_ada, torch.stack(maps).mean(0)
 
     def loss(self, err: torch.Tensor, batch: StepBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         l_ada, seen = self.features(err, batch)
