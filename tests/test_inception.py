@@ -163,3 +163,28 @@ def test_missing_weights_file_names_path_and_package():
         inception_weights_path(filename="no_such_file.pt")
     with pytest.raises(FileNotFoundError, match="no_such_package_xyz"):
         inception_weights_path(package="no_such_package_xyz")
+
+
+@needs_weights
+@needs_torchmetrics
+def test_a_runs_quality_has_kid_against_members_and_against_held_out_non_members(tiny_base):
+    from fedlora.config import load_config
+    from fedlora.evaluation.quality import measure_quality
+    from fedlora.models.lora import ModelView
+    from fedlora.runtime import get_runtime, get_splits
+
+    cfg = load_config(
+        "configs/smoke.toml",
+        [
+            f"model.base_model='{tiny_base}'",
+            "data.dataset='digits'",
+            "evaluation.kid_fid=true",
+            "evaluation.kid_fid_samples=6",
+            "evaluation.quality_samples=0",
+            "evaluation.sample_steps=1",
+        ],
+    )
+    q = measure_quality(cfg, get_runtime(cfg), get_splits(cfg), ModelView())
+    assert q["kid_fid_n_generated"] == q["kid_fid_n_reference"] == 6
+    assert np.isfinite(q["kid"]) and np.isfinite(q["kid_heldout"]) and q["kid_heldout_std"] >= 0
+    assert q["kid_heldout"] != q["kid"]  # another reference set: the non-members, never trained on

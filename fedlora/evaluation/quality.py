@@ -75,19 +75,41 @@ def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: M
         out["caption_accuracy"] = probe.accuracy(generate(runtime.pipe, captions, **kwargs), captions)
         out["caption_accuracy_n"] = float(len(captions))
     if cfg.evaluation.kid_fid:
-        from .inception import kid_fid
-
-        member_ids, _ = pick_eval_ids(splits, cfg.evaluation.kid_fid_samples, cfg.run.seed + 2)
-        idx = dataset.indices_of(member_ids)
-        runtime.show(view)
-        fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
-        res = kid_fid(generated=fake, reference=dataset.images[idx], seed=cfg.run.seed, device=str(runtime.device))
-        out.update(
-            kid=res["kid"],
-            kid_std=res["kid_std"],
-            fid=res["fid"],
-            kid_fid_n_generated=float(res["n_generated"]),
-            kid_fid_n_reference=float(res["n_reference"]),
-            kid_subset_size=float(res["kid_subset_size"]),
-        )
+        out.update(kid_fid_metrics(cfg, runtime, splits, view, dataset, kwargs))
     return out
+
+
+def kid_fid_metrics(
+    cfg: ExperimentConfig, runtime: Any, splits: Splits, view: ModelView, dataset: Any, kwargs: dict[str, Any]
+) -> dict[str, float]:
+    """KID/FID of samples for member captions against those member images (the paper's reference),
+    and ``kid_heldout``: the same samples' KID against as many non-member images, never trained on.
+
+    Against the members, a model scores better the more it reproduces them, so a defence that stops
+    the memorisation loses KID even where it generalises as well; the held-out KID tells the two apart."""
+    from .inception import inception_features, kid_fid
+
+    member_ids, nonmember_ids = pick_eval_ids(splits, cfg.evaluation.kid_fid_samples, cfg.run.seed + 2)
+    idx = dataset.indices_of(member_ids)
+    runtime.show(view)
+    fake = generate(runtime.pipe, [dataset.captions[i] for i in idx], **kwargs)
+    device = str(runtime.device)
+    fake_features = inception_features(fake, device=device)
+    res = kid_fid(generated_features=fake_features, reference=dataset.images[idx], seed=cfg.run.seed, device=device)
+    heldout = kid_fid(
+        generated_features=fake_features,
+        reference=dataset.images[dataset.indices_of(nonmember_ids)],
+        seed=cfg.run.seed,
+        compute_fid=False,
+        device=device,
+    )
+    return dict(
+        kid=res["kid"],
+        kid_std=res["kid_std"],
+        fid=res["fid"],
+        kid_fid_n_generated=float(res["n_generated"]),
+        kid_fid_n_reference=float(res["n_reference"]),
+        kid_subset_size=float(res["kid_subset_size"]),
+        kid_heldout=heldout["kid"],
+        kid_heldout_std=heldout["kid_std"],
+    )

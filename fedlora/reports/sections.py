@@ -140,7 +140,16 @@ CAPTION_ROWS = (
     ("caption_accuracy_base", "caption-probe accuracy, base model samples"),
     ("caption_accuracy", "caption-probe accuracy, final global model samples"),
 )
-KID_FID_KEYS = {"kid", "kid_std", "fid", "kid_fid_n_generated", "kid_fid_n_reference", "kid_subset_size"}
+KID_FID_KEYS = {
+    "kid",
+    "kid_std",
+    "fid",
+    "kid_fid_n_generated",
+    "kid_fid_n_reference",
+    "kid_subset_size",
+    "kid_heldout",
+    "kid_heldout_std",
+}
 
 
 def quality_table(q: Metrics) -> Table:
@@ -159,6 +168,12 @@ def quality_table(q: Metrics) -> Table:
         if "kid" in q:
             kid = fmt(q.get("kid"), ".4f") + (f" ± {fmt(q.get('kid_std'), '.4f')}" if "kid_std" in q else "")
             rows.append(("KID (Inception, 2048-d)", kid, n_text + sub))
+        if "kid_heldout" in q:
+            held = fmt(q.get("kid_heldout"), ".4f")
+            held += f" ± {fmt(q.get('kid_heldout_std'), '.4f')}" if "kid_heldout_std" in q else ""
+            rows.append(
+                ("KID against held-out non-members", held, n_text.replace("member images", "non-member images"))
+            )
         if "fid" in q:
             rows.append(("FID (biased at small N: compare equal N only)", fmt(q.get("fid"), ".2f"), n_text))
         used |= KID_FID_KEYS
