@@ -55,9 +55,7 @@ def caption_probe_or_none(public: ImageDataset, seed: int = 0) -> CaptionProbe |
 def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: ModelView) -> dict[str, float]:
     """Caption-probe accuracy (final model, base with B = 0, real members) and, if asked, KID/FID."""
     dataset = load_dataset(cfg.data)
-    kwargs: dict[str, Any] = dict(
-        steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed + 1
-    )
+    kwargs = sampling_kwargs(cfg)
     out: dict[str, float] = {}
     probe = (
         caption_probe_or_none(public_subset(dataset, cfg.data), seed=cfg.run.seed)
@@ -77,6 +75,11 @@ def measure_quality(cfg: ExperimentConfig, runtime: Any, splits: Splits, view: M
     if cfg.evaluation.kid_fid:
         out.update(kid_fid_metrics(cfg, runtime, splits, view, dataset, kwargs))
     return out
+
+
+def sampling_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """How the quality samples are drawn (the same for every metric of a run, and for a re-measurement)."""
+    return dict(steps=cfg.evaluation.sample_steps, guidance_scale=cfg.evaluation.guidance_scale, seed=cfg.run.seed + 1)
 
 
 def kid_fid_metrics(
