@@ -75,6 +75,9 @@ CANDIDATES: dict[str, list[str]] = {
     # loss-calibrated attack's score), so that a proxy at chance pushes nothing
     "smp-l5-fast-calloss": smp(5.0, 1e-3, 2, 8, "calibrated-loss"),
     "smp-l20-fast-calloss": smp(20.0, 1e-3, 2, 8, "calibrated-loss"),
+    # the frontier between LoRA and λ = 2: a weaker push, and at λ = 2 a proxy with twice the steps
+    "smp-l0.5-fast-cal": smp(0.5, 1e-3, 2, 8, "calibrated"),
+    "smp-l2-fast-cal-k4": smp(2.0, 1e-3, 4, 8, "calibrated"),
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"
@@ -98,12 +101,15 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
         f"{', '.join(ATTACKS)} (32 loss draws, 4 feature draws for the MLP); leakage = the largest |AUC − 0.5|/0.5 "
         "over them on this run's D_te (50 + 50); ASR at the threshold each attack fixes on D_aux; KID on 64 vs 64 "
         "images; members' loss Δ = the members' mean denoising loss after the last round minus before the first "
-        "(< 0: the model fits its members). Targets (issue 12): leakage ≤ 0.25 and ASR ≤ 60 % for every attack, "
+        "(< 0: the model fits its members); KID held-out = the same samples' KID against 64 non-members, never "
+        "trained on (`quality.kid_heldout`; for runs made before it, added by `scripts/heldout_kid.py`, which "
+        "re-generates the run's samples and checks that the member KID comes out as recorded). "
+        "Targets (issue 12): leakage ≤ 0.25 and ASR ≤ 60 % for every attack, "
         "KID ≤ 1.5 × LoRA's.",
         "",
         "| candidate | λ | attacker lr | k | batch | features | draws | leakage (best attack) | its ASR % "
-        "| max ASR % (attack) | loss-calibrated AUC | members' loss Δ | KID ↓ | KID ÷ LoRA's |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max ASR % (attack) | loss-calibrated AUC | members' loss Δ | KID ↓ | KID ÷ LoRA's | KID held-out ↓ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lora_kid = next((s["quality"].get("kid") for name, s in rows if name == "lora"), None)
     for name, s in rows:
@@ -111,6 +117,7 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
         attacks = s["privacy"]["global"]
         top = max(attacks, key=lambda a: attacks[a]["asr"])
         kid = s["quality"].get("kid", float("nan"))
+        heldout = f"{s['quality']['kid_heldout']:.4f}" if "kid_heldout" in s["quality"] else "—"
         ratio = f"{kid / lora_kid:.2f}" if lora_kid else "—"
         delta = s.get("_member_loss_change")
         change = "—" if delta is None else f"{delta:+.4f}"
@@ -127,7 +134,7 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
         lines.append(
             f"| {name} | {' | '.join(cells)} | {dev:.2f} ({attack}) | {100 * m['asr']:.1f} | "
             f"{100 * attacks[top]['asr']:.1f} ({top}) | {cal.get('auc', float('nan')):.3f} | {change} | {kid:.4f} | "
-            f"{ratio} |"
+            f"{ratio} | {heldout} |"
         )
     return lines + ["", f"![SMP-LoRA privacy-quality trade-off]({Path(FIGURE).name})", ""]
 
