@@ -137,11 +137,11 @@ def warm(content: RecordDict, context: Context) -> None:
     config = content.config_records.get(CONFIG)
     if config is None or CONFIG_KEY not in config:
         return
-    cfg = loads_config(str(config[CONFIG_KEY]))
+    cfg = config_of(str(config[CONFIG_KEY]))
     silo = silo_of(cfg, context)
     if silo is None:
         return
-    torch.set_num_threads(cfg.simulation.num_cpus_per_client)
+    warm_shared(cfg, context)
     runtime = get_runtime(cfg, client_rank(cfg, partition_id(context)))
     runtime.encode(silo.dataset, silo.splits.clients[0].members)
     if objective_class(cfg.train.method).needs_aux:

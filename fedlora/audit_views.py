@@ -56,7 +56,7 @@ class AuditViews(MutableMapping):
         if self.folder is None:
             return AuditViews.on_disk(self.audited, folder, self)
         moved = AuditViews.on_disk(self.audited, folder)
-        moved._held = {c: view_file(moved.folder, c) for c in self._held}  # type: ignore[arg-type]
+        moved._held = {c: view_file(Path(folder), c) for c in self._held}
         return moved
 
     def __setitem__(self, client: int, view: Any) -> None:

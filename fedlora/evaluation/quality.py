@@ -83,7 +83,12 @@ def sampling_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def kid_fid_metrics(
-    cfg: ExperimentConfig, runtime: Any, splits: Splits, view: ModelView, dataset: Any, kwargs: dict[str, Any]
+    cfg: ExperimentConfig,
+    runtime: Any,
+    splits: Splits,
+    view: ModelView,
+    dataset: ImageDataset,
+    kwargs: dict[str, Any],
 ) -> dict[str, float]:
     """KID/FID of samples for member captions against those member images (the paper's reference),
     and ``kid_heldout``: the same samples' KID against as many non-member images, never trained on.

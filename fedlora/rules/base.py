@@ -154,10 +154,7 @@ class Rule(ABC):
     def keep_views_in(self, folder: Path) -> None:
         """Write each audited client's view to ``folder`` as it arrives and hold only its path (a run's
         ``views/``); views held so far go there too, and a resumed run's follow its run folder."""
-        if isinstance(self.views, AuditViews):
-            self.views = self.views.moved_to(folder)
-        else:
-            self.views = AuditViews.on_disk(audited_clients(self.cfg), folder, self.views)
+        self.views = self.views.moved_to(folder)
 
     @abstractmethod
     def payload(self, client_id: int) -> Arrays:
