@@ -48,7 +48,7 @@ def add_heldout_kid(run: Path) -> dict[str, float]:
         kid_heldout_std=got["kid_heldout_std"],
         kid_heldout_from="scripts/heldout_kid.py (the run's own samples, re-generated)",
     )
-    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    RunOutputs(run).write_json(SUMMARY_FILE, summary)  # the one writer, so the file round-trips exactly
     return got
 
 
