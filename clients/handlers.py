@@ -132,7 +132,7 @@ def warm_shared(cfg: ExperimentConfig, context: Context) -> None:
 def warm(content: RecordDict, context: Context) -> None:
     """Load what this silo's rounds need (the model, its encoded members and aux/test sets) before the first one.
 
-    A long-lived worker runs it after answering discovery's query, so that round 1 costs what later rounds do;
+    A long-lived worker runs it with discovery's query, before its reply, so that round 1 costs what later rounds do;
     in a per-message ClientApp process it would be wasted (the process ends), so only the worker calls it."""
     config = content.config_records.get(CONFIG)
     if config is None or CONFIG_KEY not in config:

@@ -6,8 +6,9 @@ training). A SuperNode started with node config ``worker = "/path/to/socket"`` h
 its context to the worker listening there (``python -m clients.worker SOCKET``, or ``fedlora deploy local
 --workers``); the worker runs the same body, whose model, data and encodings stay cached in its process
 (``fedlora.runtime``, ``fedlora.data``), and returns the reply's content and the context's updated state. The
-ClientApp process then imports neither torch nor the model. After answering discovery's query of a per-silo
-run, the worker loads the model and encodes its data (``handlers.warm``), so round 1 needs no set-up either.
+ClientApp process then imports neither torch nor the model. Before answering discovery's query of a per-silo
+run, the worker loads the model and encodes its data (``handlers.warm``): discovery waits for it, and round 1
+needs no set-up (warming after the reply left round 1's message queued behind it).
 
 The socket is a Unix socket (this host only) with mode 0600: only the silo's own user reaches it. Each frame is
 an 8-byte length and its bytes: a JSON header, then the context and the content as Flower's protobuf messages
@@ -137,15 +138,16 @@ def call(
 # ---- the worker's side ----------------------------------------------------------------------------------------
 
 
-Followup = Callable[[RecordDict, Context], None]
+Warmup = Callable[[RecordDict, Context], None]
 
 
 def handle(
     stream: io.BufferedIOBase,
     bodies: dict[str, Callable[[RecordDict, Context], RecordDict]],
-    after: dict[str, Followup] | None = None,
+    warmups: dict[str, Warmup] | None = None,
 ) -> str:
-    """Answer one request, then run ``after[body]`` (if any) with the request; the body's name (for the log)."""
+    """Answer one request; ``warmups[body]`` (if any) runs with it after the body and before the reply is
+    written, so the ClientApp's reply (and the server's next message) waits for it. The body's name (for the log)."""
     header = json.loads(_read(stream))
     context_data, content_data = _read(stream), _read(stream)
     body = str(header.get("body"))
@@ -167,12 +169,12 @@ def handle(
         error = f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})"
         _write(stream, json.dumps({"ok": False, "error": error}).encode())
         return body
-    _write(stream, json.dumps({"ok": True}).encode(), *frames)
-    if after and body in after:  # the ClientApp has its reply; the next request waits for this
+    if warmups and body in warmups:
         try:
-            after[body](content, context)
+            warmups[body](content, context)
         except Exception as err:  # a failed warm-up costs time in round 1, nothing else
-            print(f"after {body!r}: {type(err).__name__}: {err}", flush=True)
+            print(f"warm-up after {body!r}: {type(err).__name__}: {err}", flush=True)
+    _write(stream, json.dumps({"ok": True}).encode(), *frames)
     return body
 
 
@@ -182,8 +184,8 @@ def default_bodies() -> dict[str, Callable[[RecordDict, Context], RecordDict]]:
     return {name: getattr(handlers, name) for name in BODIES}
 
 
-def default_followups() -> dict[str, Followup]:
-    """After discovery's query: load the model and encode this silo's data, so round 1 needs no set-up."""
+def default_warmups() -> dict[str, Warmup]:
+    """With discovery's query: load the model and encode this silo's data, so round 1 needs no set-up."""
     from clients import handlers
 
     return {"query": handlers.warm}
@@ -194,13 +196,13 @@ def serve(
     bodies: dict[str, Callable[[RecordDict, Context], RecordDict]] | None = None,
     max_requests: int | None = None,
     log: Callable[[str], Any] = print,
-    after: dict[str, Followup] | None = None,
+    warmups: dict[str, Warmup] | None = None,
 ) -> int:
     """Listen on the Unix socket ``path`` and answer requests one at a time until SIGTERM/SIGINT (or
     ``max_requests``); the socket file is removed on the way out. Returns how many requests it answered."""
     socket_path = check_socket_path(path)
     if bodies is None:
-        bodies, after = default_bodies(), default_followups() if after is None else after
+        bodies, warmups = default_bodies(), default_warmups() if warmups is None else warmups
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     socket_path.unlink(missing_ok=True)
     served = 0
@@ -218,7 +220,7 @@ def serve(
             started = time.perf_counter()
             with conn, conn.makefile("rwb") as stream:
                 try:
-                    body = handle(stream, bodies, after)
+                    body = handle(stream, bodies, warmups)
                 except (OSError, EOFError, ValueError) as err:  # a broken request ends that request only
                     log(f"request dropped: {err}")
                     continue

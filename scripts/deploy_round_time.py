@@ -67,6 +67,15 @@ def round_rows(run_dir: Path) -> list[dict]:
     return out
 
 
+def discovery_seconds(run_dir: Path) -> float | None:
+    """Discovery's wall time (round 0's row): the silos' queries, and their workers' warm-up with them."""
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "discovery_s" in row:
+            return round(row["discovery_s"], 2)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--silos", type=int, default=3)
@@ -112,6 +121,7 @@ def main() -> int:
         "config": "configs/smoke.toml, data.dataset='silo', smp-lora, 4 + 4 members/non-members per silo",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
         "total_s": round(time.monotonic() - started, 1),
+        "discovery_s": discovery_seconds(out / "smoke"),
         "per_round": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
