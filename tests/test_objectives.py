@@ -75,7 +75,7 @@ def test_private_objective_gradient_through_one_loss_map(method):
     """L_ada and G come from the same error map; the gradient w.r.t. it matches the closed form."""
     att = _attacker()
     att.model.eval()  # no dropout, so the closed form is deterministic
-    privacy = PrivacyConfig(mi_lambda=0.5, stabilizer=1e-5)
+    privacy = PrivacyConfig(mi_lambda=0.5, stabilizer=1e-5, attacker_features="error")
     obj = objective_class(method)(privacy, att, NO_BATCHES)
     err = torch.rand(4, 2, 2, 2, requires_grad=True)
     loss, metrics = obj.loss(err)
@@ -173,7 +173,7 @@ def test_calibrated_multi_draw_features_average_own_minus_base_errors():
     torch.testing.assert_close(seen, torch.stack([e - 0.5 * n for e, n, _ in draws]).mean(0))
     with pytest.raises(ValueError, match="need the step's batch"):
         obj.features(draws[0][0], None)
-    plain = objective_class("smp-lora")(PrivacyConfig(), _attacker(), NO_BATCHES)
+    plain = objective_class("smp-lora")(PrivacyConfig(attacker_features="error"), _attacker(), NO_BATCHES)
     l_plain, seen_plain = plain.features(draws[0][0], None)  # the paper's: the map itself, one draw
     assert seen_plain is draws[0][0] and l_plain.item() == pytest.approx(draws[0][0].mean().item())
 
