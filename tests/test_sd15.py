@@ -80,11 +80,12 @@ def test_sd15_trains_lora_and_smp_lora_and_round_trips_through_diffusers(sd15_ba
     lora_modules = {k.rsplit(".lora_", 1)[0] for k in runtime.initial if ".lora_A" in k}
     assert len(lora_modules) == blocks * 2 * len(cfg.model.lora_targets)
     lora = client_round(cfg, 0, runtime.initial, server_round=1)
-    smp = client_round(_cfg(sd15_base, "smp-lora"), 0, runtime.initial, server_round=1)
+    smp_cfg = _cfg(sd15_base, "smp-lora")
+    smp = client_round(smp_cfg, 0, runtime.initial, server_round=1)
     for res in (lora, smp):
         assert np.isfinite(res.stats.loss_mean) and res.stats.steps == 2
         assert any(not np.array_equal(res.state[k], runtime.initial[k]) for k in res.state)
-    assert smp.metrics["attacker_updates"] == 2.0
+    assert smp.metrics["attacker_updates"] == 2 * smp_cfg.privacy.attacker_steps  # k per LoRA step
     # the proxy attacker sees SD's 4-channel latent loss maps: 4 x 8 x 8 here, 4 x 64 x 64 at 512 px
     assert smp.objective_state["mlp.net.0.weight"].shape[1] == 4 * CUT.sample_size**2
     assert ProxyAttacker(4 * 64 * 64, 1e-5, 0.0, 0.5, seed=0).model.in_features == 16384
