@@ -103,7 +103,7 @@ def test_a_client_round_runs_on_the_runtime_device(tiny_base, meta_runtime, monk
     assert lent.latents.is_meta and lent.cond.is_meta
     assert res.stats.steps == 2
     if method == "smp-lora":
-        assert res.stats.extra["attacker_updates"] == 2.0
+        assert res.stats.extra["attacker_updates"] == 2 * cfg.privacy.attacker_steps  # k per LoRA step
         # the attacker state leaves the round as CPU tensors (what context.state keeps)
         assert res.objective_state and all(v.device.type == "cpu" for v in res.objective_state.values())
 
