@@ -173,7 +173,7 @@ def handle(
         try:
             warmups[body](content, context)
         except Exception as err:  # a failed warm-up costs time in round 1, nothing else
-            print(f"warm-up after {body!r}: {type(err).__name__}: {err}", flush=True)
+            print(f"warm-up with {body!r}: {type(err).__name__}: {err}", flush=True)
     _write(stream, json.dumps({"ok": True}).encode(), *frames)
     return body
 

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sweep import ROOT, archive, fedlora_run, read_summary, write_section
+from sweep import ROOT, archive, fedlora_run, mean_std, read_summary, write_section
 
 from fedlora.evaluation.leakage import LOW_FPRS
 from fedlora.registry import ATTACKS as REGISTERED_ATTACKS
@@ -34,15 +34,6 @@ def run_one(runs: Path, setting: str, method: str, seed: int, extra: list[str], 
     return fedlora_run(SETTINGS[setting], overrides, run_dir(runs, setting, method, seed, tag))
 
 
-def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    if not values:
-        return "n/a"
-    v = np.asarray(values) * scale
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
-
-
 def _measured(metrics: list[dict], key: str) -> list[float]:
     """Values where measurable: n non-members resolve FPR x only if n >= 1/x (older summaries stored them anyway)."""
     return [x[key] for x in metrics if x.get(key) is not None and x["n_nonmembers"] * LOW_FPRS[key] >= 1 - 1e-9]
@@ -58,7 +49,7 @@ def client_table(summaries: dict[str, list[dict]]) -> list[str]:
         row = f"| {method} | {len(clients)} ({n['n_members']}+{n['n_nonmembers']} each) |"
         for a in ATTACKS:
             m = [c[a] for c in clients if a in c]
-            row += f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} |"
+            row += f" {mean_std([x['asr'] for x in m], 100, 1)} | {mean_std([x['auc_dev'] for x in m], digits=2)} |"
         rows.append(row)
     if not rows:
         return []
@@ -98,15 +89,15 @@ def table(runs: Path, settings: list[str], methods: list[str], seeds: list[int],
             legacy = not any(reattacked(r) for r in runs_)
             row = (
                 f"| {method}{' †' if legacy else ''} | {len(runs_)} | "
-                f"{_fmt([x['kid'] for x in q if 'kid' in x], digits=4)} | "
-                f"{_fmt([x['fid'] for x in q if 'fid' in x], digits=2)} |"
+                f"{mean_std([x['kid'] for x in q if 'kid' in x], digits=4)} | "
+                f"{mean_std([x['fid'] for x in q if 'fid' in x], digits=2)} |"
             )
             for a in ATTACKS:
                 m = [r["privacy"]["global"][a] for r in runs_ if a in r["privacy"]["global"]]
                 row += (
-                    f" {_fmt([x['asr'] for x in m], 100, 1)} | {_fmt([x['auc_dev'] for x in m], digits=2)} | "
-                    f"{_fmt(_measured(m, 'tpr_at_5pct_fpr'), 100, 1)} | "
-                    f"{_fmt(_measured(m, 'tpr_at_1pct_fpr'), 100, 1)} |"
+                    f" {mean_std([x['asr'] for x in m], 100, 1)} | {mean_std([x['auc_dev'] for x in m], digits=2)} | "
+                    f"{mean_std(_measured(m, 'tpr_at_5pct_fpr'), 100, 1)} | "
+                    f"{mean_std(_measured(m, 'tpr_at_1pct_fpr'), 100, 1)} |"
                 )
             lines.append(row)
         client_rows = client_table(summaries)

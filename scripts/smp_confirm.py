@@ -14,29 +14,24 @@ the 2 cores.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from smp_search import ATTACKS, CANDIDATES, COMMON, CONFIG, SHORT, leakage
-from sweep import ROOT, archive, fedlora_run, read_summary, write_section
+from sweep import ROOT, archive, fedlora_run, mean_std, read_summary, write_section
 
 SECTION = "smp-confirm"
 CHOSEN = ("lora", "smp-l20-fast-cal")  # the baseline, and the search's only candidate under the leakage target
 TARGET_DEV, TARGET_ASR, TARGET_KID_RATIO = 0.25, 0.60, 1.5
 
 
+def stat(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
+    return mean_std(values, scale, digits, empty="—")
+
+
 def folder(runs: Path, name: str, seed: int, full: bool) -> Path:
     return runs / f"{name}{'-full' if full else ''}-s{seed}"
-
-
-def stat(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    v = np.asarray(values, dtype=float) * scale
-    if len(v) == 0:
-        return "—"
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 def table(found: dict[str, dict[int, dict[str, Any]]], full: bool) -> list[str]:
@@ -60,22 +55,20 @@ def table(found: dict[str, dict[int, dict[str, Any]]], full: bool) -> list[str]:
     ]
     lora = found.get("lora", {})
     for name, runs in found.items():
-        devs = [leakage(s)[1] for s in runs.values()]
-        worst = sorted({leakage(s)[0] for s in runs.values()})
+        worst = {seed: leakage(s) for seed, s in runs.items()}  # seed -> (attack, |AUC - 0.5|/0.5, its metrics)
+        devs = [w[1] for w in worst.values()]
         asrs = [max(a["asr"] for a in s["privacy"]["global"].values()) for s in runs.values()]
         kids = [s["quality"]["kid"] for s in runs.values()]
-        ratios = [s["quality"]["kid"] / lora[seed]["quality"]["kid"] for seed, s in runs.items() if seed in lora]
+        ratios = {seed: s["quality"]["kid"] / lora[seed]["quality"]["kid"] for seed, s in runs.items() if seed in lora}
         heldout = [s["quality"]["kid_heldout"] for s in runs.values() if "kid_heldout" in s["quality"]]
         met = [
-            leakage(s)[1] <= TARGET_DEV
-            and max(a["asr"] for a in s["privacy"]["global"].values()) <= TARGET_ASR
-            and seed in lora
-            and s["quality"]["kid"] <= TARGET_KID_RATIO * lora[seed]["quality"]["kid"]
-            for seed, s in runs.items()
+            dev <= TARGET_DEV and asr <= TARGET_ASR and ratios.get(seed, float("inf")) <= TARGET_KID_RATIO
+            for seed, dev, asr in zip(runs, devs, asrs)
         ]
         lines.append(
-            f"| {name} | {len(runs)} | {stat(devs)} ({', '.join(worst)}) | {stat(asrs, 100, 1)} | {stat(kids, 1, 4)} | "
-            f"{stat(ratios)} | {stat(heldout, 1, 4)} | {sum(met)} of {len(met)} seeds |"
+            f"| {name} | {len(runs)} | {stat(devs)} ({', '.join(sorted({w[0] for w in worst.values()}))}) | "
+            f"{stat(asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {stat(heldout, 1, 4)} | "
+            f"{sum(met)} of {len(met)} seeds |"
         )
     lines += ["", "Per attack, |AUC − 0.5|/0.5 and ASR % (mean ± std over the seeds):", ""]
     lines += ["| attack | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
@@ -104,14 +97,8 @@ def main() -> int:
             for seed in args.seeds:
                 out = folder(runs, name, seed, args.full)
                 fedlora_run(CONFIG, COMMON + length + CANDIDATES[name] + [f"run.seed={seed}"], out)
-    finished = {
-        name: {
-            s: folder(runs, name, s, args.full)
-            for s in args.seeds
-            if (folder(runs, name, s, args.full) / "summary.json").exists()
-        }
-        for name in args.only
-    }
+    folders = {name: {s: folder(runs, name, s, args.full) for s in args.seeds} for name in args.only}
+    finished = {name: {s: f for s, f in per.items() if (f / "summary.json").exists()} for name, per in folders.items()}
     archive([f for per in finished.values() for f in per.values()], SECTION)
     found = {name: {s: read_summary(f) for s, f in per.items()} for name, per in finished.items() if per}
     if found:

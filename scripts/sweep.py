@@ -55,6 +55,18 @@ def fedlora_run(config: str, overrides: list[str], out: Path, *, fresh: bool = F
     return out
 
 
+def mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 3, empty: str = "n/a") -> str:
+    """A table cell: "mean ± sample std" over seeds (or clients), the value alone for one, ``empty`` for none."""
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=float) * scale
+    if len(v) == 0:
+        return empty
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
 def read_summary(run: Path) -> dict[str, Any]:
     return json.loads((run / "summary.json").read_text())
 
