@@ -18,11 +18,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweep import ROOT, fedlora_run, read_metrics
+from sweep import PAPER_PROXY, ROOT, fedlora_run, read_metrics
 
 RECORDS = ROOT / "docs/measurements/regression"
 RUNS = "runs/regression"
 SMOKE, MILD = "configs/smoke.toml", "configs/mild.toml"
+# the MP-/SMP-LoRA cases were recorded with the proxy's former defaults (lr 1e-5, 1 step of 4 + 4, error maps)
+OLD_PROXY = ["privacy.attacker_learning_rate=1e-5", *PAPER_PROXY]
 ALL_ATTACKS = "['learned-mlp-paper','learned-mlp','loss-threshold','pia','secmi','score-norm','gradient-norm']"
 
 # name -> (config, overrides). Together they touch every rule, objective, DP mode and attack.
@@ -48,10 +50,16 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ["federation.aggregation='svd'", "federation.client_ranks=[2, 4]", "federation.rounds=2"],
     ),
     "smoke-fedsa": (SMOKE, ["federation.aggregation='fedsa'", "federation.rounds=2"]),
-    "smoke-mp-lora": (SMOKE, ["train.method='mp-lora'", "privacy.mi_lambda=1.0", "federation.rounds=2"]),
+    "smoke-mp-lora": (SMOKE, [*OLD_PROXY, "train.method='mp-lora'", "privacy.mi_lambda=1.0", "federation.rounds=2"]),
     "smoke-smp-lora": (
         SMOKE,
-        ["train.method='smp-lora'", "privacy.mi_lambda=1.0", "privacy.attacker_steps=2", "federation.rounds=2"],
+        [
+            *OLD_PROXY,
+            "train.method='smp-lora'",
+            "privacy.mi_lambda=1.0",
+            "privacy.attacker_steps=2",
+            "federation.rounds=2",
+        ],
     ),
     "smoke-dp-fedavg": (SMOKE, ["privacy.dp='dp-fedavg'", "privacy.dp_max_grad_norm=0.1", "federation.rounds=2"]),
     "smoke-dp-fedavg-client": (

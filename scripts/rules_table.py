@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sweep import ROOT, archive, best_attack, fedlora_run, kib, read_metrics, read_summary, write_section
+from sweep import PAPER_PROXY, ROOT, archive, best_attack, fedlora_run, kib, read_metrics, read_summary, write_section
 
 from fedlora.registry import RULES as REGISTERED_RULES
 
@@ -27,7 +27,7 @@ PARTITIONS = {"iid": ["data.partition='iid'"], "dirichlet": ["data.partition='di
 # every run: the default config's attacks, KID/FID on 64 images
 COMMON = ["evaluation.kid_fid=true", "evaluation.kid_fid_samples=64"]
 # SMP-LoRA as in the paper configs (lambda = 1, attacker lr 1e-4; docs/results.md above says why)
-SMP = ["privacy.mi_lambda=1.0", "privacy.attacker_learning_rate=1e-4"]
+SMP = ["privacy.mi_lambda=1.0", "privacy.attacker_learning_rate=1e-4", *PAPER_PROXY]
 # extra rows, each on iid with plain LoRA
 VARIANTS = {
     "svd-ranks-2-4-8": ["federation.aggregation='svd'", "federation.client_ranks=[2, 4, 8]"],

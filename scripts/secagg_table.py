@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sweep import ROOT, archive, best_attack, fedlora_run, kib, read_metrics, read_summary, write_section
+from sweep import PAPER_PROXY, ROOT, archive, best_attack, fedlora_run, kib, read_metrics, read_summary, write_section
 
 CONFIG = "configs/default.toml"
 COMMON = ["evaluation.kid_fid=true", "evaluation.kid_fid_samples=64"]
@@ -29,7 +29,7 @@ SECURE = ["federation.secure_aggregation=true", "federation.secagg_oracle=true"]
 # user-level DP on the secure sum: the rules table's dp-fedavg setting, clipped by each client
 DP = ["privacy.dp='dp-fedavg'", "privacy.dp_clipping='client'", "privacy.dp_noise_multiplier=1.0"]
 DP += ["privacy.dp_max_grad_norm=0.1"]
-SMP = ["train.method='smp-lora'", "privacy.mi_lambda=1.0", "privacy.attacker_learning_rate=1e-4"]
+SMP = ["train.method='smp-lora'", "privacy.mi_lambda=1.0", "privacy.attacker_learning_rate=1e-4", *PAPER_PROXY]
 ROWS: dict[str, list[str]] = {
     "lora": [],
     "lora-secagg": SECURE,

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs/results.md"
 MEASUREMENTS = ROOT / "docs/measurements"
 ARCHIVED = ("summary.json", "metrics.jsonl", "config.toml")
+# The proxy attacker's settings before fedlora's defaults became the SMP-LoRA search's choice: the tables recorded
+# with them name them, so that they still reproduce (their lr, and lambda, each table sets itself)
+PAPER_PROXY = ["privacy.attacker_steps=1", "privacy.attacker_batch_size=4", "privacy.attacker_features='error'"]
 
 
 def repo_relative(path: Path) -> str:
