@@ -17,14 +17,21 @@ import torch
 from .config import ExperimentConfig, PrivacyConfig
 from .data import SiloData, load_dataset
 from .device import NO_MIXED, autocast
-from .evaluation.attacks.base import AttackSets
+from .evaluation.attacks.base import AttackSets, Samples
 from .evaluation.membership import attack_sets
-from .models.diffusion import loss_map_pair, loss_maps
+from .models.diffusion import SampleSet, loss_map_pair, loss_maps
 from .models.lora import ModelView, init_lora, set_trainable
 from .privacy.attacker import membership_labels
 from .privacy.dp import build_dp_mode
+from .privacy.loss_profile import LossProfiles
 from .privacy.objectives import LabelledMaps, MembershipBatches, objective_class
-from .privacy.objectives.membership import CALIBRATED, CALIBRATED_LOSS, ERROR, relative_loss_change
+from .privacy.objectives.membership import (
+    CALIBRATED,
+    CALIBRATED_LOSS,
+    CALIBRATED_PROFILE,
+    ERROR,
+    relative_loss_change,
+)
 from .rules import Arrays, build_rule, client_rank
 from .runtime import ModelRuntime, get_runtime, get_splits
 from .training import TrainStats
@@ -51,6 +58,8 @@ def membership_batches(
     m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
     draws = privacy.attacker_feature_draws if privacy else 1
     kind = privacy.attacker_features if privacy else ERROR
+    if privacy is not None and kind == CALIBRATED_PROFILE:
+        return profile_batches(runtime, sets, gen, privacy, precision)
     reference = runtime.adapters_disabled if kind in (CALIBRATED, CALIBRATED_LOSS) else None
 
     def maps(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -79,6 +88,45 @@ def membership_batches(
         return both, membership_labels(len(m_test), len(n_test))
 
     return MembershipBatches(aux=aux, test=test, device=runtime.device)
+
+
+def profile_batches(
+    runtime: ModelRuntime, sets: AttackSets, gen: torch.Generator, privacy: PrivacyConfig, precision: str
+) -> MembershipBatches:
+    """``membership_batches`` for calibrated-profile features: the profiles of the members (D^m_aux,
+    then D^m_te: the trainer's row order; each recomputed by the steps that train on it) and of D^nm_aux in
+    one cache; D^nm_te's only after the round, for the proxy's test accuracy."""
+    m_aux, n_aux, m_test, n_test = sets.member_aux, sets.nonmember_aux, sets.member_test, sets.nonmember_test
+    n_members = len(m_aux) + len(m_test)
+
+    def profiles(parts: list[SampleSet], seed: int, trained_rows: int = 0) -> LossProfiles:
+        return LossProfiles(
+            runtime.unet,
+            runtime.scheduler,
+            Samples.concat(parts),
+            runtime.adapters_disabled,
+            privacy.attacker_feature_draws,
+            privacy.attacker_profile_bands,
+            seed,
+            precision,
+            trained_rows,
+        )
+
+    closed_loop = n_members if privacy.profile_closed_loop else 0
+    cache = profiles([m_aux, m_test, n_aux], int(torch.randint(0, 2**62, (1,), generator=gen)), closed_loop)
+    test_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+
+    def aux(k: int) -> LabelledMaps:
+        mi = torch.randint(0, len(m_aux), (k,), generator=gen)
+        ni = n_members + torch.randint(0, len(n_aux), (k,), generator=gen)
+        return cache.rows(torch.cat([mi, ni])), membership_labels(k, k)
+
+    def test() -> LabelledMaps:
+        members = cache.refresh(torch.arange(len(m_aux), n_members))[len(m_aux) : n_members]
+        nonmembers = profiles([n_test], test_seed).refresh()
+        return torch.cat([members, nonmembers]), membership_labels(len(m_test), len(n_test))
+
+    return MembershipBatches(aux=aux, test=test, device=runtime.device, profiles=cache)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from .config import TrainConfig
 from .device import autocast, grad_scaler, to_float
-from .models.diffusion import SampleSet, squared_error_map
+from .models.diffusion import SampleSet, noise_residual, squared_error_map
 from .privacy.objectives import Objective, StepBatch
 from .runtime import ModelRuntime
 
@@ -54,6 +54,8 @@ def _step_batch(
     noise: torch.Tensor,
     t: torch.Tensor,
     gen: torch.Generator,
+    index: torch.Tensor,
+    residual: torch.Tensor,
 ) -> StepBatch:
     """The objective's extra draws run inside the step's autocast (the trainer calls ``loss`` there)."""
 
@@ -62,11 +64,11 @@ def _step_batch(
         tt = torch.randint(0, runtime.scheduler.config.num_train_timesteps, (len(z),), generator=gen).to(runtime.device)
         return squared_error_map(runtime.unet, runtime.scheduler, z, c, n, tt), n, tt
 
-    def base_error(n: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    def base_residual(n: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), runtime.adapters_disabled():
-            return squared_error_map(runtime.unet, runtime.scheduler, z, c, n, tt)
+            return noise_residual(runtime.unet, runtime.scheduler, z, c, n, tt)
 
-    return StepBatch(noise, t, redraw, base_error)
+    return StepBatch(noise, t, redraw, lambda n, tt: base_residual(n, tt).pow(2), index, residual, base_residual)
 
 
 def train_lora(
@@ -105,8 +107,9 @@ def train_lora(
             runtime.device
         )
         with autocast(runtime.device, train.mixed_precision):
-            err = squared_error_map(unet, runtime.scheduler, z, c, noise, t)
-            loss, metrics = objective.loss(err, _step_batch(runtime, z, c, noise, t, gen))
+            residual = noise_residual(unet, runtime.scheduler, z, c, noise, t)
+            err = residual.pow(2)
+            loss, metrics = objective.loss(err, _step_batch(runtime, z, c, noise, t, gen, idx, residual))
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)  # the hook clips true gradients, not scaled ones

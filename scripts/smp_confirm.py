@@ -8,7 +8,11 @@ same seed. One invocation runs its candidates one after another; two invocations
 the 2 cores.
 
   RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --only smp-l20-fast-cal --seeds 0 1 2
-  .venv/bin/python scripts/smp_confirm.py --table-only
+  RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --federated --only lora smp-l20-fast-cal --seeds 0 1 2
+  .venv/bin/python scripts/smp_confirm.py --table-only [--federated]
+
+`--federated` runs configs/default.toml (8 clients, 10 rounds) with the same attacks and KID, and tabulates the
+global model and the mean over the clients' last updates (section `smp-confirm-federated`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 from smp_search import ATTACKS, CANDIDATES, COMMON, CONFIG, SHORT, leakage
 from sweep import ROOT, archive, fedlora_run, mean_std, read_summary, write_section
 
-SECTION = "smp-confirm"
+SECTION, FED_SECTION = "smp-confirm", "smp-confirm-federated"
+FED_CONFIG = "configs/default.toml"  # 8 clients x 24 members, 10 rounds of 60 local steps, rank 16, lr 1e-2
 CHOSEN = ("lora", "smp-l20-fast-cal")  # the baseline, and the search's only candidate under the leakage target
 TARGET_DEV, TARGET_ASR, TARGET_KID_RATIO = 0.25, 0.60, 1.5
 
@@ -30,8 +35,77 @@ def stat(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
     return mean_std(values, scale, digits, empty="—")
 
 
-def folder(runs: Path, name: str, seed: int, full: bool) -> Path:
-    return runs / f"{name}{'-full' if full else ''}-s{seed}"
+def folder(runs: Path, name: str, seed: int, full: bool, federated: bool = False) -> Path:
+    return runs / f"{name}{'-fed' if federated else ''}{'-full' if full and not federated else ''}-s{seed}"
+
+
+def client_means(s: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per attack, the mean over the clients' last updates of |AUC − 0.5|/0.5 and of ASR."""
+    per: dict[str, list[tuple[float, float]]] = {}
+    for attacks in s["privacy"].get("clients", {}).values():
+        for attack, m in attacks.items():
+            per.setdefault(attack, []).append((m["auc_dev"], m["asr"]))
+    return {a: (sum(d for d, _ in v) / len(v), sum(r for _, r in v) / len(v)) for a, v in per.items()}
+
+
+def federated_table(found: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    seeds = " ".join(str(seed) for seed in sorted({seed for runs in found.values() for seed in runs}))
+    lines = [
+        "## The chosen SMP-LoRA setting on the reported seeds (federated, default config)",
+        "",
+        "Written by `scripts/smp_confirm.py`; reproduce with `RAY_ADDRESS=local .venv/bin/python "
+        f"scripts/smp_confirm.py --federated --only {' '.join(found)} --seeds {seeds}`.",
+        "",
+        f"`{FED_CONFIG}` (8 clients × 24 members + 26 non-members, 10 rounds × 60 local steps, rank 16, lr 1e-2) with "
+        f"the search's attacks and evaluation ({len(ATTACKS)} attacks, KID on 64 vs 64). The global model is attacked "
+        "with every client's sets (D_te = 96 + 104); each client's last update, as the server sees it, with that "
+        "client's own (12 + 13). *Client updates*: per attack the mean over the 8 clients, then the attack with the "
+        "largest mean. Cells: mean ± sample std over the seeds. Targets (issue 12): every attack ≤ "
+        f"{TARGET_DEV} and ASR ≤ {100 * TARGET_ASR:.0f} % for the global model and for the mean over client updates, "
+        f"KID ≤ {TARGET_KID_RATIO} × LoRA's.",
+        "",
+        "| setting | n | global: leakage (worst attack) | global: max ASR % | client updates: leakage (worst attack) "
+        "| client updates: max ASR % | KID | KID ÷ LoRA | every target met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lora = found.get("lora", {})
+    for name, runs in found.items():
+        worst = {seed: leakage(s) for seed, s in runs.items()}
+        devs = [w[1] for w in worst.values()]
+        asrs = [max(a["asr"] for a in s["privacy"]["global"].values()) for s in runs.values()]
+        means = {seed: client_means(s) for seed, s in runs.items()}
+        c_worst = {seed: max(m, key=lambda a: m[a][0]) for seed, m in means.items()}
+        c_devs = [means[seed][c_worst[seed]][0] for seed in runs]
+        c_asrs = [max(r for _, r in means[seed].values()) for seed in runs]
+        kids = [s["quality"]["kid"] for s in runs.values()]
+        ratios = {seed: s["quality"]["kid"] / lora[seed]["quality"]["kid"] for seed, s in runs.items() if seed in lora}
+        met = [
+            max(devs[i], c_devs[i]) <= TARGET_DEV
+            and max(asrs[i], c_asrs[i]) <= TARGET_ASR
+            and ratios.get(seed, float("inf")) <= TARGET_KID_RATIO
+            for i, seed in enumerate(runs)
+        ]
+        lines.append(
+            f"| {name} | {len(runs)} | {stat(devs)} ({', '.join(sorted({w[0] for w in worst.values()}))}) | "
+            f"{stat(asrs, 100, 1)} | {stat(c_devs)} ({', '.join(sorted(set(c_worst.values())))}) | "
+            f"{stat(c_asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {sum(met)} of {len(met)} seeds |"
+        )
+    lines += [
+        "",
+        "Per attack, global model / mean over client updates, |AUC − 0.5|/0.5 (mean ± std over the seeds):",
+        "",
+    ]
+    lines += ["| attack | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
+    for attack in ATTACKS:
+        cells = []
+        for runs in found.values():
+            glob = [
+                s["privacy"]["global"][attack]["auc_dev"] for s in runs.values() if attack in s["privacy"]["global"]
+            ]
+            mine = [client_means(s)[attack][0] for s in runs.values() if attack in client_means(s)]
+            cells.append(f"{stat(glob)} / {stat(mine)}")
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def table(found: dict[str, dict[int, dict[str, Any]]], full: bool) -> list[str]:
@@ -86,23 +160,26 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", default=list(CHOSEN), choices=list(CANDIDATES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the config's 10 rounds instead of the search's 4")
+    ap.add_argument("--federated", action="store_true", help=f"{FED_CONFIG} (8 clients, 10 rounds) instead")
     ap.add_argument("--runs", default="runs/smp-confirm")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true", help="tabulate every finished run of --only and --seeds")
     args = ap.parse_args()
     runs = (ROOT / args.runs).resolve()
-    length = [] if args.full else SHORT
+    config, length = (FED_CONFIG, []) if args.federated else (CONFIG, [] if args.full else SHORT)
+    section = FED_SECTION if args.federated else SECTION
     if not args.table_only:
         for name in args.only:
             for seed in args.seeds:
-                out = folder(runs, name, seed, args.full)
-                fedlora_run(CONFIG, COMMON + length + CANDIDATES[name] + [f"run.seed={seed}"], out)
-    folders = {name: {s: folder(runs, name, s, args.full) for s in args.seeds} for name in args.only}
+                out = folder(runs, name, seed, args.full, args.federated)
+                fedlora_run(config, COMMON + length + CANDIDATES[name] + [f"run.seed={seed}"], out)
+    folders = {name: {s: folder(runs, name, s, args.full, args.federated) for s in args.seeds} for name in args.only}
     finished = {name: {s: f for s, f in per.items() if (f / "summary.json").exists()} for name, per in folders.items()}
-    archive([f for per in finished.values() for f in per.values()], SECTION)
+    archive([f for per in finished.values() for f in per.values()], section)
     found = {name: {s: read_summary(f) for s, f in per.items()} for name, per in finished.items() if per}
     if found:
-        write_section(SECTION, table(found, args.full), ROOT / args.out)
+        lines = federated_table(found) if args.federated else table(found, args.full)
+        write_section(section, lines, ROOT / args.out)
     return 0
 
 

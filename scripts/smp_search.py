@@ -56,6 +56,34 @@ def smp(lam: float, lr: float, steps: int, batch: int, features: str = "error", 
     ]
 
 
+def profile(
+    lam: float,
+    anchor: float,
+    ascent: float = 1.0,
+    draws: int = 8,
+    bands: int = 1,
+    closed_loop: bool = True,
+) -> list[str]:
+    """A proxy on calibrated loss profiles (fedlora/privacy/loss_profile.py): a logistic regression, lr 1e-2,
+    4 steps of 16 + 16 per LoRA step, its reward capped at chance, the ascent bounded, a base anchor."""
+    return SMP + [
+        f"privacy.mi_lambda={lam}",
+        "privacy.attacker_features='calibrated-profile'",
+        f"privacy.attacker_feature_draws={draws}",
+        f"privacy.attacker_profile_bands={bands}",
+        "privacy.attacker_refresh_steps=50",
+        f"privacy.profile_closed_loop={'true' if closed_loop else 'false'}",
+        "privacy.attacker_hidden=[]",
+        "privacy.attacker_dropout=0.0",
+        "privacy.attacker_learning_rate=0.01",
+        "privacy.attacker_steps=4",
+        "privacy.attacker_batch_size=16",
+        "privacy.cap_gain_at_chance=true",
+        f"privacy.max_ascent={ascent}",
+        f"privacy.base_anchor={anchor}",
+    ]
+
+
 # name -> overrides; the order is the search's: the baselines, then one lever at a time
 CANDIDATES: dict[str, list[str]] = {
     "lora": ["train.method='lora'"],
@@ -78,6 +106,11 @@ CANDIDATES: dict[str, list[str]] = {
     # the frontier between LoRA and λ = 2: a weaker push, and at λ = 2 a proxy with twice the steps
     "smp-l0.5-fast-cal": smp(0.5, 1e-3, 2, 8, "calibrated"),
     "smp-l2-fast-cal-k4": smp(2.0, 1e-3, 4, 8, "calibrated"),
+    # a proxy as sharp as the loss attacks (8 fixed draws per sample), its ascent bounded by the descent, and a
+    # trust region around the base model (mean ‖ε_θ − ε_base‖² on the step's inputs, weight 1 or 5)
+    "smp-l20-profile-a5": profile(20.0, 5.0),
+    "smp-l20-profile-a1": profile(20.0, 1.0),
+    "smp-l0-profile-a5": profile(0.0, 5.0),  # the anchor alone: no privacy push
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"
@@ -87,6 +120,24 @@ def leakage(s: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
     attacks = s["privacy"]["global"]
     name = max(attacks, key=lambda a: attacks[a]["auc_dev"])
     return name, attacks[name]["auc_dev"], attacks[name]
+
+
+def more_levers(p: dict[str, Any]) -> str:
+    """The levers beyond the table's columns that a candidate sets away from the paper's (— for none)."""
+    out = []
+    if p.get("attacker_features") == "calibrated-profile":
+        out.append(f"{p.get('attacker_profile_bands', 4)} band(s)")
+        if not p.get("profile_closed_loop", True):
+            out.append(f"refresh every {p.get('attacker_refresh_steps')} steps only")
+    if "attacker_hidden" in p and list(p["attacker_hidden"]) != [512, 256]:
+        out.append("linear proxy" if not p["attacker_hidden"] else f"proxy {p['attacker_hidden']}")
+    if p.get("cap_gain_at_chance"):
+        out.append("gain capped at chance")
+    if p.get("max_ascent"):
+        out.append(f"ascent ≤ {p['max_ascent']:g}× descent")
+    if p.get("base_anchor"):
+        out.append(f"base anchor {p['base_anchor']:g}")
+    return ", ".join(out) or "—"
 
 
 def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
@@ -107,9 +158,10 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
         "Targets (issue 12): leakage ≤ 0.25 and ASR ≤ 60 % for every attack, "
         "KID ≤ 1.5 × LoRA's.",
         "",
-        "| candidate | λ | attacker lr | k | batch | features | draws | leakage (best attack) | its ASR % "
-        "| max ASR % (attack) | loss-calibrated AUC | members' loss Δ | KID ↓ | KID ÷ LoRA's | KID held-out ↓ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | λ | attacker lr | k | batch | features | draws | more levers | leakage (best attack) "
+        "| its ASR % | max ASR % (attack) | loss-calibrated AUC | members' loss Δ | KID ↓ | KID ÷ LoRA's "
+        "| KID held-out ↓ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lora_kid = next((s["quality"].get("kid") for name, s in rows if name == "lora"), None)
     for name, s in rows:
@@ -129,6 +181,7 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
                 str(shown.get(k, "—"))
                 for k in ("attacker_steps", "attacker_batch_size", "attacker_features", "attacker_feature_draws")
             ),
+            more_levers(shown),
         ]
         cal = s["privacy"]["global"].get("loss-calibrated", {})
         lines.append(

@@ -5,8 +5,8 @@ SuperNode 1 is ended (SIGTERM to its process group) once round 1 is complete; th
 Restarted after round 2 with the same key, it rejoins under its node id and continues from its state on disk:
 its round count and its DP-SGD accountant carry on, so its ε keeps accumulating (checked against silo 0,
 which trained every round with the same split sizes). Silo 0 uploads NaN in round 4: the server rejects and
-counts it. dp-lora refuses SMP-LoRA, so a second run on the same SuperLink and SuperNodes repeats the restart
-under SMP-LoRA: silo 1's proxy attacker keeps its update count. Every process started is ended by its id.
+counts it. Every process started is ended by its id. (That a restarted SuperNode's proxy attacker carries on
+from its state-dir is pinned in-process by tests/test_silo.py; a second SMP-LoRA run here doubled this test.)
 """
 
 import json
@@ -28,13 +28,6 @@ OVERRIDES = (
     f"data.dataset='silo' federation.num_clients=2 federation.rounds={ROUNDS} federation.round_timeout_s=180 "
     "train.method='lora' privacy.dp='dp-lora' simulation.nan_clients=['0@4'] "
     "evaluation.attacks=['loss-threshold'] evaluation.quality_samples=0"
-)
-
-
-SMP_ROUNDS = 4  # silo 1, restarted after round 2, rejoins during round 3: sampled from round 4
-SMP_OVERRIDES = (
-    f"data.dataset='silo' federation.num_clients=2 federation.rounds={SMP_ROUNDS} federation.round_timeout_s=180 "
-    "train.method='smp-lora' evaluation.attacks=[] evaluation.quality_samples=0"
 )
 
 
@@ -99,8 +92,6 @@ def test_a_killed_supernode_rejoins_with_its_state_and_a_nan_upload_is_rejected(
         rows = run_with_a_restart(creds, procs, port, sn_ports, folders, extra, tmp_path / "dp", OVERRIDES)
         (run_state,) = state.glob("run-*")
         saved = {k: checkpoint.load_client(run_state, k, ROUNDS + 1) for k in (0, 1)}
-        # the same restart under SMP-LoRA (which dp-lora refuses): the proxy attacker's state carries on
-        smp = run_with_a_restart(creds, procs, port, sn_ports, folders, extra, tmp_path / "smp", SMP_OVERRIDES)
     except BaseException:
         print(json.dumps({p.name: p.read_text()[-2000:] for p in creds.logs.iterdir()}, indent=1))
         raise
@@ -122,11 +113,5 @@ def test_a_killed_supernode_rejoins_with_its_state_and_a_nan_upload_is_rejected(
     counts = {k: int(saved[k]["counts"]["rounds-trained"]) for k in (0, 1)}
     assert counts[0] == ROUNDS and counts[1] == one["rounds_trained"]
     assert all(DP_STATE in saved[k]["arrays"] for k in (0, 1))
-
-    # SMP-LoRA: silo 1's proxy attacker kept its updates across the restart (a fresh one would restart at 0)
-    back = went_on_without_silo_1_then_took_it_back(smp, SMP_ROUNDS)
-    first, last = smp[1]["clients"]["1"], smp[back[-1]]["clients"]["1"]
-    assert last["rounds_trained"] >= 2
-    assert last["attacker_updates"] == first["attacker_updates"] * last["rounds_trained"]
-    # one worker served silo 1 before and after each of its SuperNode's restarts
-    assert (creds.logs / "worker1.log").read_text().count("train: ") >= 2 + len(back)
+    # one worker served silo 1 before and after its SuperNode's restart
+    assert (creds.logs / "worker1.log").read_text().count("train: ") >= 1 + len(back)

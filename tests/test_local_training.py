@@ -49,7 +49,7 @@ def test_client_id_out_of_range(tiny_base):
         client_round(cfg, 2, get_runtime(cfg).get_lora(), server_round=1)
 
 
-@pytest.mark.parametrize("features", ["calibrated", "calibrated-loss"])
+@pytest.mark.parametrize("features", ["calibrated", "calibrated-loss", "calibrated-profile"])
 def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base, features):
     cfg = cfg_for(
         tiny_base,
@@ -57,6 +57,8 @@ def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base, fe
             "train.method": "'smp-lora'",
             "privacy.attacker_features": f"'{features}'",
             "privacy.attacker_feature_draws": 2,
+            "privacy.attacker_profile_bands": 2,
+            "privacy.attacker_refresh_steps": 4,
             "privacy.attacker_steps": 2,
         },
     )

@@ -202,4 +202,7 @@ def test_calibrated_loss_features_are_each_samples_relative_loss_change_against_
     assert err.grad is not None and bool((err.grad > 0).all())
     same = [torch.full(shape, 0.2)] * 2
     torch.testing.assert_close(relative_loss_change(same, same), torch.zeros(3, 1))
-    assert attacker_input_size("calibrated-loss", 4096) == 1 and attacker_input_size("calibrated", 4096) == 4096
+    assert attacker_input_size(PrivacyConfig(attacker_features="calibrated-loss"), 4096) == 1
+    assert attacker_input_size(PrivacyConfig(attacker_features="calibrated"), 4096) == 4096
+    profile = PrivacyConfig(attacker_features="calibrated-profile", attacker_feature_draws=8, attacker_profile_bands=4)
+    assert attacker_input_size(profile, 4096) == 4

@@ -66,6 +66,19 @@ def training_scheduler(pipeline: Any) -> Any:
     return DDPMScheduler.from_config(pipeline.scheduler.config)
 
 
+def noise_residual(
+    unet: Any,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """eps_theta(z_t, t, c) - eps per element (signed: two models' predictions can be compared)."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    return unet(noisy, timesteps, encoder_hidden_states=cond).sample - noise
+
+
 def squared_error_map(
     unet: Any,
     scheduler: Any,
@@ -75,9 +88,7 @@ def squared_error_map(
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
     """(eps - eps_theta(z_t, t, c))^2 per element: L_ada's integrand and the MIA feature."""
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    pred = unet(noisy, timesteps, encoder_hidden_states=cond).sample
-    return (pred - noise).pow(2)
+    return noise_residual(unet, scheduler, latents, cond, noise, timesteps).pow(2)
 
 
 @torch.no_grad()

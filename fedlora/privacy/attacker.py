@@ -9,6 +9,7 @@ of CPU tensors so that Flower's ``context.state`` can keep it across rounds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -49,15 +50,21 @@ class MembershipMLP(nn.Module):
         return self(loss_map).softmax(dim=1)[:, MEMBER]
 
 
-def member_cross_entropy(attacker: MembershipMLP, loss_map: torch.Tensor) -> torch.Tensor:
+CHANCE_CE = math.log(2.0)  # the CE of a member the attacker scores at P(member) = 1/2
+
+
+def member_cross_entropy(attacker: MembershipMLP, loss_map: torch.Tensor, cap_at_chance: bool = False) -> torch.Tensor:
     """CE of the attacker labelling a batch of members as members, differentiable w.r.t. the
     map but not the attacker (held fixed during the LoRA step). Equals -G restricted to members,
-    as in the released code (no 1/2 factor)."""
+    as in the released code (no 1/2 factor). ``cap_at_chance``: each member's CE is capped at
+    log 2, so a member already scored at or below chance adds no reward and no gradient."""
     params = dict(attacker.named_parameters())
     frozen = {k: v.detach() for k, v in params.items()}
     logits = torch.func.functional_call(attacker, frozen, (loss_map,))
     labels = torch.full((len(loss_map),), MEMBER, dtype=torch.long, device=loss_map.device)
-    return F.cross_entropy(logits, labels)
+    if not cap_at_chance:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction="none").clamp_max(CHANCE_CE).mean()
 
 
 class ProxyAttacker:
@@ -71,10 +78,11 @@ class ProxyAttacker:
         dropout: float,
         seed: int,
         device: torch.device | str = "cpu",
+        hidden: tuple[int, ...] = HIDDEN,
     ):
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        self.model = MembershipMLP(in_features, dropout)  # drawn on the CPU: the same init on any device
+        self.model = MembershipMLP(in_features, dropout, hidden)  # drawn on the CPU: the same init on any device
         torch.random.set_rng_state(gen_state)
         self.model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)

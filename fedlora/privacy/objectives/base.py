@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 
 from ...config import ExperimentConfig
+from ..loss_profile import LossProfiles
 
 # () or (k) -> (loss maps under no_grad, their membership labels: members first)
 LabelledMaps = tuple[torch.Tensor, torch.Tensor]
@@ -33,6 +34,9 @@ class StepBatch:
     t: torch.Tensor
     redraw: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # another (err with grad, ε, t)
     base_error: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the base model's map at (ε, t), no grad
+    index: torch.Tensor | None = None  # the batch's rows in the client's members (D^m_aux first, then D^m_te)
+    residual: torch.Tensor | None = None  # ε_θ − ε of the step's draw, with grad (the error map is its square)
+    base_residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the base's at (ε, t), no grad
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class MembershipBatches:
     aux: Callable[[int], LabelledMaps]  # k random D^m_aux and k random D^nm_aux maps
     test: Callable[[], LabelledMaps]  # the client's whole D_te, once after the round
     device: torch.device = torch.device("cpu")  # where the maps are (the proxy attacker lives there too)
+    # calibrated-profile: the cached profiles of the members (rows as in StepBatch.index) and D^nm_aux
+    profiles: LossProfiles | None = None
 
 
 class Objective(ABC):
