@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from smp_search import ATTACKS, CANDIDATES, COMMON, CONFIG, SHORT, leakage
-from sweep import ROOT, archive, fedlora_run, mean_std, read_summary, write_section
+from sweep import ROOT, archive, base_quality, fedlora_run, mean_std, read_summary, write_section
 
 SECTION, FED_SECTION = "smp-confirm", "smp-confirm-federated"
 FED_CONFIG = "configs/default.toml"  # 8 clients x 24 members, 10 rounds of 60 local steps, rank 16, lr 1e-2
@@ -48,7 +48,24 @@ def client_means(s: dict[str, Any]) -> dict[str, tuple[float, float]]:
     return {a: (sum(d for d, _ in v) / len(v), sum(r for _, r in v) / len(v)) for a, v in per.items()}
 
 
-def federated_table(found: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+def base_row(base: dict[int, dict[str, Any]], lora: dict[int, dict[str, Any]], header: str) -> list[str]:
+    """The base model itself (no adapter) in a table with this header row: its KID, held-out KID and KID ÷ LoRA's
+    on the same seeds, the other cells empty."""
+    if not base:
+        return []
+    ratios = [base[seed]["kid"] / lora[seed]["quality"]["kid"] for seed in base if seed in lora]
+    known = {
+        "setting": "base model (no adapter)",
+        "n": str(len(base)),
+        "KID": stat([b["kid"] for b in base.values()], 1, 4),
+        "KID ÷ LoRA": stat(ratios),
+        "KID held-out": stat([b["kid_heldout"] for b in base.values()], 1, 4),
+    }
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    return ["| " + " | ".join(known.get(c, "—") for c in columns) + " |"]
+
+
+def federated_table(found: dict[str, dict[int, dict[str, Any]]], base: dict[int, dict[str, Any]]) -> list[str]:
     seeds = " ".join(str(seed) for seed in sorted({seed for runs in found.values() for seed in runs}))
     lines = [
         "## The chosen SMP-LoRA setting on the reported seeds (federated, default config)",
@@ -90,6 +107,7 @@ def federated_table(found: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             f"{stat(asrs, 100, 1)} | {stat(c_devs)} ({', '.join(sorted(set(c_worst.values())))}) | "
             f"{stat(c_asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {sum(met)} of {len(met)} seeds |"
         )
+    lines += base_row(base, lora, lines[-len(found) - 2])
     lines += [
         "",
         "Per attack, global model / mean over client updates, |AUC − 0.5|/0.5 (mean ± std over the seeds):",
@@ -108,7 +126,7 @@ def federated_table(found: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     return lines + [""]
 
 
-def table(found: dict[str, dict[int, dict[str, Any]]], full: bool) -> list[str]:
+def table(found: dict[str, dict[int, dict[str, Any]]], full: bool, base: dict[int, dict[str, Any]]) -> list[str]:
     length = "full length (10 rounds, 6,000 steps)" if full else f"`{' '.join(SHORT)}` (2,400 steps)"
     seeds = " ".join(str(seed) for seed in sorted({seed for runs in found.values() for seed in runs}))
     flags = f"--only {' '.join(found)} --seeds {seeds}{' --full' if full else ''}"
@@ -144,6 +162,7 @@ def table(found: dict[str, dict[int, dict[str, Any]]], full: bool) -> list[str]:
             f"{stat(asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {stat(heldout, 1, 4)} | "
             f"{sum(met)} of {len(met)} seeds |"
         )
+    lines += base_row(base, lora, lines[-len(found) - 2])
     lines += ["", "Per attack, |AUC − 0.5|/0.5 and ASR % (mean ± std over the seeds):", ""]
     lines += ["| attack | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
     for attack in ATTACKS:
@@ -177,8 +196,12 @@ def main() -> int:
     finished = {name: {s: f for s, f in per.items() if (f / "summary.json").exists()} for name, per in folders.items()}
     archive([f for per in finished.values() for f in per.values()], section)
     found = {name: {s: read_summary(f) for s, f in per.items()} for name, per in finished.items() if per}
+    seeds = sorted({seed for per in found.values() for seed in per})
+    base = {
+        seed: base_quality(config, COMMON + length + [f"run.seed={seed}"], section, f"base-s{seed}") for seed in seeds
+    }
     if found:
-        lines = federated_table(found) if args.federated else table(found, args.full)
+        lines = federated_table(found, base) if args.federated else table(found, args.full, base)
         write_section(section, lines, ROOT / args.out)
     return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sweep import ROOT, archive, fedlora_run, read_metrics, read_summary, write_section
+from sweep import MLP_PROXY, ROOT, archive, base_quality, fedlora_run, read_metrics, read_summary, write_section
 
 CONFIG = "configs/paper-centralized.toml"
 SHORT = ["federation.rounds=4"]
@@ -53,6 +53,7 @@ def smp(lam: float, lr: float, steps: int, batch: int, features: str = "error", 
         f"privacy.attacker_batch_size={batch}",
         f"privacy.attacker_features='{features}'",
         f"privacy.attacker_feature_draws={draws}",
+        *MLP_PROXY,
     ]
 
 
@@ -110,7 +111,8 @@ CANDIDATES: dict[str, list[str]] = {
     # trust region around the base model (mean ‖ε_θ − ε_base‖² on the step's inputs, weight 1 or 5)
     "smp-l20-profile-a5": profile(20.0, 5.0),
     "smp-l20-profile-a1": profile(20.0, 1.0),
-    "smp-l0-profile-a5": profile(0.0, 5.0),  # the anchor alone: no privacy push
+    "smp-l20-profile-a20": profile(20.0, 20.0),
+    "smp-l0-profile-a20": profile(0.0, 20.0),  # the anchor alone: no privacy push
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"
@@ -140,7 +142,7 @@ def more_levers(p: dict[str, Any]) -> str:
     return ", ".join(out) or "—"
 
 
-def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
+def table(rows: list[tuple[str, dict[str, Any]]], seed: int, base: dict[str, Any]) -> list[str]:
     lines = [
         "## The SMP-LoRA search (shortened centralized config, search seed)",
         "",
@@ -156,7 +158,10 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
         "trained on (`quality.kid_heldout`; for runs made before it, added by `scripts/heldout_kid.py`, which "
         "re-generates the run's samples and checks that the member KID comes out as recorded). "
         "Targets (issue 12): leakage ≤ 0.25 and ASR ≤ 60 % for every attack, "
-        "KID ≤ 1.5 × LoRA's.",
+        "KID ≤ 1.5 × LoRA's. The base model itself (no adapter; `scripts/sweep.py` `base_quality`) scores KID "
+        f"{base['kid']:.4f} and held-out KID {base['kid_heldout']:.4f} on the same captions and references: "
+        "fine-tuning on these 100 in-distribution digits buys little sample quality, so the KID target asks a "
+        "defence above all not to damage the model.",
         "",
         "| candidate | λ | attacker lr | k | batch | features | draws | more levers | leakage (best attack) "
         "| its ASR % | max ASR % (attack) | loss-calibrated AUC | members' loss Δ | KID ↓ | KID ÷ LoRA's "
@@ -192,7 +197,7 @@ def table(rows: list[tuple[str, dict[str, Any]]], seed: int) -> list[str]:
     return lines + ["", f"![SMP-LoRA privacy-quality trade-off]({Path(FIGURE).name})", ""]
 
 
-def figure(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+def figure(rows: list[tuple[str, dict[str, Any]]], path: Path, base: dict[str, Any] | None = None) -> None:
     """Leakage against KID (the issue's axes), and beside it against the held-out KID where measured."""
     import matplotlib
 
@@ -218,6 +223,8 @@ def figure(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
         order = np.argsort(xs)
         ax.plot(np.array(xs)[order], np.array(ys)[order], color="grey", lw=1, ls="--", label="Pareto front")
         ax.axhline(0.25, color="tab:green", lw=0.8, ls=":", label="target |AUC−0.5|/0.5 ≤ 0.25")
+        if base is not None and key in base:
+            ax.axvline(base[key], color="grey", lw=0.8, ls="-.", label="the base model (no adapter)")
         lora = next((kid for name, kid, _ in pts if name == "lora"), None)
         if lora is not None and key == "kid":
             ax.axvline(1.5 * lora, color="tab:orange", lw=0.8, ls=":", label="target KID ≤ 1.5 × LoRA's")
@@ -254,9 +261,10 @@ def main() -> int:
             losses = [r["member_loss"] for r in read_metrics(out) if "member_loss" in r]
             s["_member_loss_change"] = losses[-1] - losses[0] if len(losses) > 1 else None
             rows.append((name, s))
+    base = base_quality(CONFIG, COMMON + SHORT + [f"run.seed={args.seed}"], "smp-search", f"base-s{args.seed}")
     if rows:
-        figure(rows, ROOT / FIGURE)
-    write_section(SECTION, table(rows, args.seed), ROOT / args.out)
+        figure(rows, ROOT / FIGURE, base)
+    write_section(SECTION, table(rows, args.seed, base), ROOT / args.out)
     return 0
 
 

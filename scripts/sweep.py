@@ -23,7 +23,23 @@ MEASUREMENTS = ROOT / "docs/measurements"
 ARCHIVED = ("summary.json", "metrics.jsonl", "config.toml")
 # The proxy attacker's settings before fedlora's defaults became the SMP-LoRA search's choice: the tables recorded
 # with them name them, so that they still reproduce (their lr, and lambda, each table sets itself)
-PAPER_PROXY = ["privacy.attacker_steps=1", "privacy.attacker_batch_size=4", "privacy.attacker_features='error'"]
+# the proxy of fedlora's first defaults: the paper's MLP [512, 256] with dropout 0.5, its reward not capped, its
+# ascent unbounded, no base anchor (what every SMP-LoRA figure measured before the profile proxy used)
+MLP_PROXY = [
+    "privacy.attacker_hidden=[512, 256]",
+    "privacy.attacker_dropout=0.5",
+    "privacy.cap_gain_at_chance=false",
+    "privacy.max_ascent=0.0",
+    "privacy.base_anchor=0.0",
+]
+# ... and the paper's inputs and pace: one step of 4 + 4 on single-draw error maps
+PAPER_PROXY = [
+    "privacy.attacker_steps=1",
+    "privacy.attacker_batch_size=4",
+    "privacy.attacker_features='error'",
+    "privacy.attacker_feature_draws=1",
+    *MLP_PROXY,
+]
 
 
 def repo_relative(path: Path) -> str:
@@ -68,6 +84,30 @@ def mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 3, empty
     if len(v) == 1:
         return f"{v[0]:.{digits}f}"
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def base_quality(config: str, overrides: list[str], table: str, name: str) -> dict[str, Any]:
+    """KID / held-out KID of the base model itself (no adapter) on a run's config and seed: the same member
+    captions, sampler and reference images as that run's own KID. Kept in docs/measurements/<table>/<name>.json
+    and read from there once measured."""
+    path = MEASUREMENTS / table / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    sys.path.insert(0, str(ROOT))
+    from fedlora.config import load_config
+    from fedlora.data import load_dataset
+    from fedlora.evaluation.quality import kid_fid_metrics, sampling_kwargs
+    from fedlora.models.lora import ModelView
+    from fedlora.runtime import get_runtime, get_splits
+
+    cfg = load_config(ROOT / config, overrides)
+    got = kid_fid_metrics(
+        cfg, get_runtime(cfg), get_splits(cfg), ModelView(), load_dataset(cfg.data), sampling_kwargs(cfg)
+    )
+    out = {"kid": got["kid"], "kid_heldout": got["kid_heldout"], "config": config, "overrides": overrides}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def read_summary(run: Path) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def test_a_proxy_attacker_on_calibrated_multi_draw_features_trains(tiny_base, fe
             "privacy.attacker_profile_bands": 2,
             "privacy.attacker_refresh_steps": 4,
             "privacy.attacker_steps": 2,
+            "privacy.max_ascent": 1.0 if features == "calibrated-profile" else 0.0,  # bounds the profile push only
         },
     )
     start = get_runtime(cfg).get_lora()

@@ -143,6 +143,8 @@ def test_smp_on_profiles_descends_each_members_loss_by_its_own_coefficient(max_a
         attacker_profile_bands=2,
         mi_lambda=20.0,
         max_ascent=max_ascent,
+        cap_gain_at_chance=False,
+        base_anchor=0.0,
     )
     p = profiles_of(ScaledIdentity())
     obj = _profile_objective(privacy, p, steepness=0.5)
@@ -176,3 +178,33 @@ def test_profile_settings_are_validated_at_load_time():
         load_config(None, ["train.method='smp-lora'", "privacy.attacker_features='calibrated'", "privacy.max_ascent=1"])
     cfg = load_config(None, [*base, "privacy.attacker_feature_draws=8", "privacy.attacker_profile_bands=4"])
     assert cfg.privacy.attacker_profile_bands == 4
+
+
+def test_base_anchor_adds_its_weight_times_the_mean_squared_move_from_the_base_model():
+    """L_ada + w · mean ‖ε_θ − ε_base‖² on the step's own inputs: its gradient pulls the residual to the base's."""
+    privacy = PrivacyConfig(
+        attacker_features="calibrated-profile", attacker_profile_bands=1, mi_lambda=0.0, base_anchor=3.0, max_ascent=0.0
+    )
+    obj = _profile_objective(privacy, profiles_of(ScaledIdentity()), steepness=0.5)
+    gen = torch.Generator().manual_seed(4)
+    residual = torch.rand(4, 1, 2, 2, generator=gen).requires_grad_(True)
+    base = torch.rand(4, 1, 2, 2, generator=gen)
+    err = (torch.rand(4, 1, 2, 2, generator=gen) + 0.1).requires_grad_(True)
+    batch = StepBatch(
+        noise=None,
+        t=torch.tensor([5, 100, 400, 900]),
+        redraw=None,
+        base_error=None,
+        index=torch.tensor([0, 1, 2, 3]),
+        residual=residual,
+        base_residual=lambda noise, t: base,
+    )
+    loss, metrics = obj.loss(err, batch)
+    moved = (residual.detach() - base).pow(2).mean()
+    assert metrics["base_anchor"] == pytest.approx(moved.item(), rel=1e-6)
+    denom = 1 + privacy.stabilizer  # λ = 0: SMP-LoRA's denominator is 1 + δ
+    assert loss.item() == pytest.approx((err.detach().mean().item() + 3.0 * moved.item()) / denom, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, residual)
+    torch.testing.assert_close(grad, 3.0 * 2 * (residual.detach() - base) / residual.numel() / denom)
+    with pytest.raises(ValueError, match="base_anchor needs"):
+        obj.loss(err, StepBatch(noise=None, t=batch.t, redraw=None, base_error=None, index=batch.index))

@@ -20,6 +20,12 @@ from fedlora.privacy.objectives import (
 NO_BATCHES = MembershipBatches(aux=lambda k: (None, None), test=lambda: (None, None))
 
 
+def _paper_privacy(**overrides):
+    """The paper's formula: one draw, the reward not capped, the ascent unbounded, no base anchor."""
+    keys = dict(attacker_feature_draws=1, cap_gain_at_chance=False, max_ascent=0.0, base_anchor=0.0)
+    return PrivacyConfig(**{**keys, **overrides})
+
+
 def test_mp_and_smp_values_and_gradients_by_hand():
     l_ada = torch.tensor(0.3, requires_grad=True)
     g = torch.tensor(-0.7, requires_grad=True)
@@ -75,7 +81,7 @@ def test_private_objective_gradient_through_one_loss_map(method):
     """L_ada and G come from the same error map; the gradient w.r.t. it matches the closed form."""
     att = _attacker()
     att.model.eval()  # no dropout, so the closed form is deterministic
-    privacy = PrivacyConfig(mi_lambda=0.5, stabilizer=1e-5, attacker_features="error")
+    privacy = _paper_privacy(mi_lambda=0.5, stabilizer=1e-5, attacker_features="error")
     obj = objective_class(method)(privacy, att, NO_BATCHES)
     err = torch.rand(4, 2, 2, 2, requires_grad=True)
     loss, metrics = obj.loss(err)
@@ -166,14 +172,14 @@ def test_calibrated_multi_draw_features_average_own_minus_base_errors():
     batch = StepBatch(
         noise=draws[0][1], t=draws[0][2], redraw=lambda: next(extra), base_error=lambda noise, t: 0.5 * noise
     )  # "the base model's error" at (ε, t)
-    privacy = PrivacyConfig(attacker_features="calibrated", attacker_feature_draws=3)
+    privacy = _paper_privacy(attacker_features="calibrated", attacker_feature_draws=3)
     obj = objective_class("smp-lora")(privacy, _attacker(), NO_BATCHES)
     l_ada, seen = obj.features(draws[0][0], batch)
     assert l_ada.item() == pytest.approx(torch.stack([e.mean() for e, _, _ in draws]).mean().item())
     torch.testing.assert_close(seen, torch.stack([e - 0.5 * n for e, n, _ in draws]).mean(0))
     with pytest.raises(ValueError, match="need the step's batch"):
         obj.features(draws[0][0], None)
-    plain = objective_class("smp-lora")(PrivacyConfig(attacker_features="error"), _attacker(), NO_BATCHES)
+    plain = objective_class("smp-lora")(_paper_privacy(attacker_features="error"), _attacker(), NO_BATCHES)
     l_plain, seen_plain = plain.features(draws[0][0], None)  # the paper's: the map itself, one draw
     assert seen_plain is draws[0][0] and l_plain.item() == pytest.approx(draws[0][0].mean().item())
 
@@ -190,7 +196,7 @@ def test_calibrated_loss_features_are_each_samples_relative_loss_change_against_
     ]
     extra = iter(draws[1:])
     batch = StepBatch(noise=draws[0][1], t=draws[0][2], redraw=lambda: next(extra), base_error=lambda n, t: 2.0 * n)
-    privacy = PrivacyConfig(attacker_features="calibrated-loss", attacker_feature_draws=2)
+    privacy = _paper_privacy(attacker_features="calibrated-loss", attacker_feature_draws=2)
     obj = objective_class("smp-lora")(privacy, _attacker(), NO_BATCHES)
     err = draws[0][0].clone().requires_grad_(True)
     _, seen = obj.features(err, batch)

@@ -36,7 +36,17 @@ def sd15_base(tmp_path_factory):
     return str(path)
 
 
-def _cfg(base: str, method: str):
+# configs/sd15.toml's proxy: the paper's MLP on single-draw error maps (latent loss maps at SD scale)
+PAPER_MAPS = [
+    "privacy.attacker_features='error'",
+    "privacy.attacker_feature_draws=1",
+    "privacy.attacker_hidden=[512, 256]",
+    "privacy.max_ascent=0.0",
+    "privacy.base_anchor=0.0",
+]
+
+
+def _cfg(base: str, method: str, *extra: str):
     return load_config(
         "configs/smoke.toml",
         [
@@ -48,6 +58,7 @@ def _cfg(base: str, method: str):
             "train.local_steps=2",
             "train.batch_size=2",
             "privacy.attacker_batch_size=2",
+            *extra,
         ],
     )
 
@@ -80,7 +91,7 @@ def test_sd15_trains_lora_and_smp_lora_and_round_trips_through_diffusers(sd15_ba
     lora_modules = {k.rsplit(".lora_", 1)[0] for k in runtime.initial if ".lora_A" in k}
     assert len(lora_modules) == blocks * 2 * len(cfg.model.lora_targets)
     lora = client_round(cfg, 0, runtime.initial, server_round=1)
-    smp_cfg = _cfg(sd15_base, "smp-lora")
+    smp_cfg = _cfg(sd15_base, "smp-lora", *PAPER_MAPS)
     smp = client_round(smp_cfg, 0, runtime.initial, server_round=1)
     for res in (lora, smp):
         assert np.isfinite(res.stats.loss_mean) and res.stats.steps == 2

@@ -18,7 +18,9 @@ large, arbitrary input gradients (it fits noise), and SMP-LoRA follows them: wit
 the members' *and* non-members' losses rose together, and the proxy's own test accuracy stayed at
 0.5 while the evaluation's loss attack, averaging 32 draws, separated members perfectly. A proxy on
 the profile is as sharp as that attack, so its push goes where the signal is; being sharp, it pushes
-hard, which ``privacy.max_ascent`` bounds (``profile_loss``).
+hard, which ``privacy.max_ascent`` bounds (``profile_loss``). Even bounded, the push moves the model for
+everyone; ``privacy.base_anchor`` weighs a trust region around the base model (``base_anchor``) into L_ada,
+and with it the members' and non-members' losses stay at the base model's while the attacks fall to chance.
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ class ProxyAttackerObjective(Objective):
     @classmethod
     def validate(cls, cfg: ExperimentConfig) -> None:
         p = cfg.privacy
-        for key, value in (("max_ascent", p.max_ascent), ("base_anchor", p.base_anchor)):
-            if value > 0 and p.attacker_features != CALIBRATED_PROFILE:
-                raise ConfigError(
-                    f"privacy.{key} = {value} needs privacy.attacker_features = {CALIBRATED_PROFILE!r} "
-                    f"(got {p.attacker_features!r})"
-                )
+        if p.max_ascent > 0 and p.attacker_features != CALIBRATED_PROFILE:
+            raise ConfigError(
+                f"privacy.max_ascent = {p.max_ascent} needs privacy.attacker_features = {CALIBRATED_PROFILE!r} "
+                f"(got {p.attacker_features!r}: the loss reaches each member through one number only there); "
+                "set privacy.max_ascent = 0 with these features"
+            )
         if p.attacker_features == CALIBRATED_PROFILE and p.attacker_feature_draws % p.attacker_profile_bands:
             raise ConfigError(
                 f"privacy.attacker_feature_draws = {p.attacker_feature_draws} must be a multiple of "
@@ -118,7 +120,12 @@ class ProxyAttackerObjective(Objective):
             return self.profile_loss(err, batch)
         l_ada, seen = self.features(err, batch)
         gain = -member_cross_entropy(self.attacker.model, seen, self.privacy.cap_gain_at_chance)
-        return self.combine(l_ada, gain), {"loss_ada": to_float(l_ada.detach()), "mi_gain": to_float(gain.detach())}
+        metrics = {"loss_ada": to_float(l_ada.detach()), "mi_gain": to_float(gain.detach())}
+        if self.privacy.base_anchor > 0:
+            anchor = self.base_anchor(batch)
+            metrics["base_anchor"] = to_float(anchor.detach())
+            l_ada = l_ada + self.privacy.base_anchor * anchor
+        return self.combine(l_ada, gain), metrics
 
     def profile_loss(self, err: torch.Tensor, batch: StepBatch | None) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss on calibrated profiles. It depends on the error map only through each member's loss ℓ_i at
@@ -152,10 +159,10 @@ class ProxyAttackerObjective(Objective):
         return out, metrics
 
     @staticmethod
-    def base_anchor(batch: StepBatch) -> torch.Tensor:
+    def base_anchor(batch: StepBatch | None) -> torch.Tensor:
         """Mean ‖ε_θ − ε_base‖² per element on the step's own inputs: how far the adapted model's prediction
         has moved from the base model's, which memorising a member and damaging the model alike increase."""
-        if batch.residual is None or batch.base_residual is None:
+        if batch is None or batch.residual is None or batch.base_residual is None:
             raise ValueError("privacy.base_anchor needs the step's residual and the base model's")
         return (batch.residual.float() - batch.base_residual(batch.noise, batch.t).float()).pow(2).mean()
 
