@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import torch
+from sweep import PAPER_PROXY
 
 from fedlora.config import load_config
 from fedlora.local_training import client_round
 from fedlora.runtime import get_runtime
-from sweep import PAPER_PROXY
 
 METHODS = {
     "lora": ["train.method='lora'"],

@@ -1,7 +1,8 @@
-"""A quick screen of SMP-LoRA levers before a full `scripts/smp_search.py` candidate: one client of
-configs/paper-centralized.toml trained round by round in this process (no Flower, no Ray), and after each
-round the strongest attack on LoRA, the base-calibrated loss score over 32 fixed draws, scored by AUC on D_te,
-plus the members' and non-members' mean losses; KID (64 vs 64) after the last round.
+"""A quick screen of SMP-LoRA levers before a full `scripts/smp_search.py` candidate: client 0 of
+configs/paper-centralized.toml (or of `--config`, alone: no aggregation) trained round by round in this
+process (no Flower, no Ray), and after each round the strongest attack on LoRA, the base-calibrated loss
+score over 32 fixed draws, scored by AUC on D_te, plus the members' and non-members' mean losses; KID
+(64 vs 64) after the last round.
 
 It screens on the search seed (100) only; it is not the audit (one attack, not the suite).
 
@@ -36,13 +37,14 @@ DRAWS, DRAW_SEED = 32, 7
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300, help="train.local_steps per round")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     args = ap.parse_args()
     overrides = [f"run.seed={args.seed}", f"train.local_steps={args.steps}", "evaluation.kid_fid=true", *args.overrides]
-    cfg = load_config(ROOT / CONFIG, overrides)
+    cfg = load_config(ROOT / args.config, overrides)
     runtime, dataset, splits = get_runtime(cfg), load_dataset(cfg.data), get_splits(cfg)
     sets = attack_sets(runtime, dataset, splits, [0])
 
