@@ -21,10 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs/results.md"
 MEASUREMENTS = ROOT / "docs/measurements"
 ARCHIVED = ("summary.json", "metrics.jsonl", "config.toml")
-# The proxy attacker's settings before fedlora's defaults became the SMP-LoRA search's choice: the tables recorded
-# with them name them, so that they still reproduce (their lr, and lambda, each table sets itself)
-# the proxy of fedlora's first defaults: the paper's MLP [512, 256] with dropout 0.5, its reward not capped, its
-# ascent unbounded, no base anchor (what every SMP-LoRA figure measured before the profile proxy used)
+# The proxy attacker's settings that SMP-LoRA tables recorded before the profile proxy became the default: the
+# tables name them, so that they still reproduce (their lr, and lambda, each table sets itself). MLP_PROXY: the
+# paper's MLP [512, 256] with dropout 0.5, its reward not capped, its ascent unbounded, no base anchor.
 MLP_PROXY = [
     "privacy.attacker_hidden=[512, 256]",
     "privacy.attacker_dropout=0.5",
