@@ -106,10 +106,11 @@ class PrivacyConfig:
 
     The defaults are the setting scripts/smp_search.py chose on a search seed (docs/results.md): a proxy as sharp
     as the loss attacks (a logistic regression on each sample's base-calibrated loss change over 8 fixed draws,
-    lr 1e-2, 4 steps of 16 + 16 per LoRA step), its reward capped at chance, its push bounded by the descent, and
-    a trust region around the base model (base_anchor = 20); lambda = 20. The paper's values (lambda = 0.05,
-    lr 1e-5, 1 step of 4, an MLP on error maps; its released scripts: lambda = 1) did not defend here within the
-    budget; scripts/sweep.py PAPER_PROXY lists the keys that give its proxy back.
+    trained on snapshots of every row by one model, lr 1e-2, 4 steps of 16 + 16 per LoRA step), its reward capped
+    at chance, its push bounded by the descent, and a trust region around the base model (base_anchor = 20);
+    lambda = 20. The paper's values (lambda = 0.05, lr 1e-5, 1 step of 4, an MLP on error maps; its released
+    scripts: lambda = 1) did not defend here within the budget; scripts/sweep.py PAPER_PROXY lists the keys that
+    give its proxy back.
     """
 
     mi_lambda: float = setting(20.0, min=0.0)
@@ -134,6 +135,10 @@ class PrivacyConfig:
     # calibrated-profile: each LoRA step also recomputes its own members' profiles (K passes per member), so
     # that the push sees what it did; false: the members' rows too wait for the next refresh
     profile_closed_loop: bool = True
+    # calibrated-profile: the proxy trains on a snapshot of every row (members and D^nm_aux) taken by one model
+    # at each refresh; false: on the members as the steps last recomputed them next to D^nm_aux rows up to
+    # attacker_refresh_steps old, a staleness the proxy learned to read as membership at lr 1e-2
+    profile_snapshot: bool = True
     # The privacy term rewards a member only until the proxy puts it at chance (its CE capped at log 2):
     # no reward for members that look less like members than non-members do, the over-correction a
     # fresh attacker learns to read the other way (notes/smp-lora-method.md, pitfall 5)

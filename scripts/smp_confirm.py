@@ -7,17 +7,19 @@ std over the seeds of every attack's |AUC − 0.5|/0.5 and ASR, the worst attack
 same seed. One invocation runs its candidates one after another; two invocations (one per candidate) can share
 the 2 cores.
 
-  RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --only smp-l20-fast-cal --seeds 0 1 2
-  RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --federated --only lora smp-l20-fast-cal --seeds 0 1 2
+  RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --only lora smp-l20-profile-a20-snap --seeds 0 1 2
+  RAY_ADDRESS=local .venv/bin/python scripts/smp_confirm.py --federated --only lora smp-l20-profile-a20-snap
   .venv/bin/python scripts/smp_confirm.py --table-only [--federated]
 
 `--federated` runs configs/default.toml (8 clients, 10 rounds) with the same attacks and KID, and tabulates the
-global model and the mean over the clients' last updates (section `smp-confirm-federated`).
+global model and the mean over the clients' last updates (section `smp-confirm-federated`). `--federated --search`
+runs candidates on the search seed (100) instead, into section `smp-search-federated`: the federated search.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ from typing import Any
 from smp_search import ATTACKS, CANDIDATES, COMMON, CONFIG, SHORT, leakage
 from sweep import ROOT, archive, base_quality, fedlora_run, mean_std, read_summary, write_section
 
-SECTION, FED_SECTION = "smp-confirm", "smp-confirm-federated"
+SECTION, FED_SECTION, FED_SEARCH_SECTION = "smp-confirm", "smp-confirm-federated", "smp-search-federated"
+SEARCH_SEED = 100  # scripts/smp_search.py's: its draw of members and non-members is none of the reported seeds'
 FED_CONFIG = "configs/default.toml"  # 8 clients x 24 members, 10 rounds of 60 local steps, rank 16, lr 1e-2
-CHOSEN = ("lora", "smp-l20-fast-cal")  # the baseline, and the search's only candidate under the leakage target
+CHOSEN = ("lora", "smp-l20-profile-a20-snap")  # the baseline, and the search's choice (the defaults)
 TARGET_DEV, TARGET_ASR, TARGET_KID_RATIO = 0.25, 0.60, 1.5
 
 
@@ -48,6 +51,13 @@ def client_means(s: dict[str, Any]) -> dict[str, tuple[float, float]]:
     return {a: (sum(d for d, _ in v) / len(v), sum(r for _, r in v) / len(v)) for a, v in per.items()}
 
 
+def chance_floor(n_members: int, n_nonmembers: int) -> float:
+    """The mean |AUC − 0.5|/0.5 of scores that carry no membership at all on sets this size: under the null the
+    AUC is about normal with variance (n₁ + n₀ + 1) / (12 n₁ n₀) (Mann–Whitney), and E|X| = σ √(2/π)."""
+    sigma = ((n_members + n_nonmembers + 1) / (12 * n_members * n_nonmembers)) ** 0.5
+    return 2 * sigma * (2 / math.pi) ** 0.5
+
+
 def base_row(base: dict[int, dict[str, Any]], lora: dict[int, dict[str, Any]], header: str) -> list[str]:
     """The base model itself (no adapter) in a table with this header row: its KID, held-out KID and KID ÷ LoRA's
     on the same seeds, the other cells empty."""
@@ -65,13 +75,17 @@ def base_row(base: dict[int, dict[str, Any]], lora: dict[int, dict[str, Any]], h
     return ["| " + " | ".join(known.get(c, "—") for c in columns) + " |"]
 
 
-def federated_table(found: dict[str, dict[int, dict[str, Any]]], base: dict[int, dict[str, Any]]) -> list[str]:
+def federated_table(
+    found: dict[str, dict[int, dict[str, Any]]], base: dict[int, dict[str, Any]], search: bool = False
+) -> list[str]:
     seeds = " ".join(str(seed) for seed in sorted({seed for runs in found.values() for seed in runs}))
+    title = "SMP-LoRA candidates on the search seed" if search else "The chosen SMP-LoRA setting on the reported seeds"
+    flags = "--federated --search" if search else "--federated"
     lines = [
-        "## The chosen SMP-LoRA setting on the reported seeds (federated, default config)",
+        f"## {title} (federated, default config)",
         "",
         "Written by `scripts/smp_confirm.py`; reproduce with `RAY_ADDRESS=local .venv/bin/python "
-        f"scripts/smp_confirm.py --federated --only {' '.join(found)} --seeds {seeds}`.",
+        f"scripts/smp_confirm.py {flags} --only {' '.join(found)}{'' if search else f' --seeds {seeds}'}`.",
         "",
         f"`{FED_CONFIG}` (8 clients × 24 members + 26 non-members, 10 rounds × 60 local steps, rank 16, lr 1e-2) with "
         f"the search's attacks and evaluation ({len(ATTACKS)} attacks, KID on 64 vs 64). The global model is attacked "
@@ -108,6 +122,33 @@ def federated_table(found: dict[str, dict[int, dict[str, Any]]], base: dict[int,
             f"{stat(c_asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {sum(met)} of {len(met)} seeds |"
         )
     lines += base_row(base, lora, lines[-len(found) - 2])
+    sizes = sorted(
+        {
+            (m["n_members"], m["n_nonmembers"])
+            for runs in found.values()
+            for s in runs.values()
+            for attacks in s["privacy"].get("clients", {}).values()
+            for m in attacks.values()
+        }
+    )
+    global_sizes = sorted(
+        {
+            (m["n_members"], m["n_nonmembers"])
+            for runs in found.values()
+            for s in runs.values()
+            for m in s["privacy"]["global"].values()
+        }
+    )
+    if sizes:
+        floors = ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in sizes)
+        lines += [
+            "",
+            f"Chance floor of a client update's leakage: a model that leaks nothing scores {floors} on average "
+            "(the mean |AUC − 0.5|/0.5 of random scores on sets this size), so the client-update target of 0.25 sits "
+            "just above it; the global model's D_te gives "
+            + ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in global_sizes)
+            + ".",
+        ]
     lines += [
         "",
         "Per attack, global model / mean over client updates, |AUC − 0.5|/0.5 (mean ± std over the seeds):",
@@ -180,13 +221,23 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the config's 10 rounds instead of the search's 4")
     ap.add_argument("--federated", action="store_true", help=f"{FED_CONFIG} (8 clients, 10 rounds) instead")
-    ap.add_argument("--runs", default="runs/smp-confirm")
+    ap.add_argument(
+        "--search", action="store_true", help=f"with --federated: the search seed ({SEARCH_SEED}), a section of its own"
+    )
+    ap.add_argument("--runs", default=None, help="runs/smp-confirm (--search: runs/smp-search-federated)")
     ap.add_argument("--out", default="docs/results.md")
     ap.add_argument("--table-only", action="store_true", help="tabulate every finished run of --only and --seeds")
     args = ap.parse_args()
-    runs = (ROOT / args.runs).resolve()
+    if args.search and not args.federated:
+        ap.error(
+            "--search screens candidates on the federated config: add --federated "
+            "(scripts/smp_search.py is the centralized search)"
+        )
+    if args.search:
+        args.seeds = [SEARCH_SEED]
+    runs = (ROOT / (args.runs or ("runs/smp-search-federated" if args.search else "runs/smp-confirm"))).resolve()
     config, length = (FED_CONFIG, []) if args.federated else (CONFIG, [] if args.full else SHORT)
-    section = FED_SECTION if args.federated else SECTION
+    section = FED_SEARCH_SECTION if args.search else FED_SECTION if args.federated else SECTION
     if not args.table_only:
         for name in args.only:
             for seed in args.seeds:
@@ -201,7 +252,7 @@ def main() -> int:
         seed: base_quality(config, COMMON + length + [f"run.seed={seed}"], section, f"base-s{seed}") for seed in seeds
     }
     if found:
-        lines = federated_table(found, base) if args.federated else table(found, args.full, base)
+        lines = federated_table(found, base, args.search) if args.federated else table(found, args.full, base)
         write_section(section, lines, ROOT / args.out)
     return 0
 

@@ -7,6 +7,12 @@ score over 32 fixed draws, scored by AUC on D_te, plus the members' and non-memb
 It screens on the search seed (100) only; it is not the audit (one attack, not the suite).
 
   .venv/bin/python scripts/smp_screen.py --rounds 4 --steps 300 --set "train.method='smp-lora'" ...
+
+`--proxy-check` instead trains round 1 (from the base model) of every client of `--config` and prints each
+proxy's accuracy on its own aux batches (what it trains on) and on its own D_te after the round, and the mean
+over clients: a proxy below chance on D_te has learned something other than membership.
+
+  .venv/bin/python scripts/smp_screen.py --config configs/default.toml --proxy-check --set "train.method='smp-lora'"
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from fedlora.config import load_config  # noqa: E402
+from fedlora.config import ExperimentConfig, load_config  # noqa: E402
 from fedlora.data import load_dataset  # noqa: E402
 from fedlora.evaluation.membership import attack_sets  # noqa: E402
 from fedlora.evaluation.quality import kid_fid_metrics, sampling_kwargs  # noqa: E402
@@ -35,6 +41,20 @@ CONFIG = "configs/paper-centralized.toml"
 DRAWS, DRAW_SEED = 32, 7
 
 
+def proxy_check(cfg: ExperimentConfig) -> int:
+    runtime, accuracies = get_runtime(cfg), []
+    for client in range(cfg.federation.num_clients):
+        metrics = client_round(cfg, client, dict(runtime.initial), 1).metrics
+        accuracies.append(metrics["attacker_test_acc"])
+        print(
+            f"client {client}: proxy accuracy on aux {metrics['attacker_acc']:.3f}, on its D_te "
+            f"{metrics['attacker_test_acc']:.3f}",
+            flush=True,
+        )
+    print(f"mean accuracy on D_te over {len(accuracies)} clients: {np.mean(accuracies):.3f}", flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=CONFIG)
@@ -42,7 +62,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300, help="train.local_steps per round")
     ap.add_argument("--seed", type=int, default=100)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--proxy-check", action="store_true", help="round 1 of every client: its proxy's accuracies")
     args = ap.parse_args()
+    if args.proxy_check:
+        return proxy_check(load_config(ROOT / args.config, [f"run.seed={args.seed}", *args.overrides]))
     overrides = [f"run.seed={args.seed}", f"train.local_steps={args.steps}", "evaluation.kid_fid=true", *args.overrides]
     cfg = load_config(ROOT / args.config, overrides)
     runtime, dataset, splits = get_runtime(cfg), load_dataset(cfg.data), get_splits(cfg)

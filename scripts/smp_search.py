@@ -64,6 +64,7 @@ def profile(
     draws: int = 8,
     bands: int = 1,
     closed_loop: bool = True,
+    snapshot: bool = False,
 ) -> list[str]:
     """A proxy on calibrated loss profiles (fedlora/privacy/loss_profile.py): a logistic regression, lr 1e-2,
     4 steps of 16 + 16 per LoRA step, its reward capped at chance, the ascent bounded, a base anchor."""
@@ -74,6 +75,7 @@ def profile(
         f"privacy.attacker_profile_bands={bands}",
         "privacy.attacker_refresh_steps=50",
         f"privacy.profile_closed_loop={'true' if closed_loop else 'false'}",
+        f"privacy.profile_snapshot={'true' if snapshot else 'false'}",
         "privacy.attacker_hidden=[]",
         "privacy.attacker_dropout=0.0",
         "privacy.attacker_learning_rate=0.01",
@@ -113,6 +115,9 @@ CANDIDATES: dict[str, list[str]] = {
     "smp-l20-profile-a1": profile(20.0, 1.0),
     "smp-l20-profile-a20": profile(20.0, 20.0),
     "smp-l0-profile-a20": profile(0.0, 20.0),  # the anchor alone: no privacy push
+    # the proxy trains on a snapshot of members and D^nm_aux by one model: the members recomputed every step next to
+    # D^nm_aux rows up to 50 steps old taught it to read the staleness (its test accuracy 0.39 on the default config)
+    "smp-l20-profile-a20-snap": profile(20.0, 20.0, snapshot=True),
 }
 SECTION = "smp-search"
 FIGURE = "docs/smp_pareto.png"
@@ -131,6 +136,8 @@ def more_levers(p: dict[str, Any]) -> str:
         out.append(f"{p.get('attacker_profile_bands', 4)} band(s)")
         if not p.get("profile_closed_loop", True):
             out.append(f"refresh every {p.get('attacker_refresh_steps')} steps only")
+        if p.get("profile_snapshot"):
+            out.append("proxy trains on snapshots")
     if "attacker_hidden" in p and list(p["attacker_hidden"]) != [512, 256]:
         out.append("linear proxy" if not p["attacker_hidden"] else f"proxy {p['attacker_hidden']}")
     if p.get("cap_gain_at_chance"):

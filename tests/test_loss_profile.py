@@ -208,3 +208,33 @@ def test_base_anchor_adds_its_weight_times_the_mean_squared_move_from_the_base_m
     torch.testing.assert_close(grad, 3.0 * 2 * (residual.detach() - base) / residual.numel() / denom)
     with pytest.raises(ValueError, match="base_anchor needs"):
         obj.loss(err, StepBatch(noise=None, t=batch.t, redraw=None, base_error=None, index=batch.index))
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_the_proxy_trains_on_rows_all_computed_by_one_model_under_profile_snapshot(snapshot):
+    """Closed loop, the step recomputes its own members every step while D^nm_aux waits for the next refresh.
+    Without a snapshot the proxy then trains on members from the model as it is now next to non-members from an
+    older one (a difference it learned to read as membership); with one, every row it sees is from one model."""
+    unet = ScaledIdentity(0.5)
+    gen = torch.Generator().manual_seed(0)
+    samples = Samples(torch.randn(5, 1, 2, 2, generator=gen), torch.zeros(5, 1, 1))
+    p = LossProfiles(unet, scheduler(), samples, unet.base, 8, 1, seed=3, trained_rows=3)  # rows 0-2: members
+    privacy = PrivacyConfig(
+        attacker_features="calibrated-profile", attacker_profile_bands=1, profile_snapshot=snapshot, base_anchor=0.0
+    )
+    obj = _profile_objective(privacy, p, steepness=0.5)
+    index, t = torch.tensor([0, 1]), torch.tensor([5, 100])
+    err = (torch.rand(2, 1, 2, 2, generator=gen) + 0.1).requires_grad_(True)
+    batch = StepBatch(noise=None, t=t, redraw=None, base_error=None, index=index)
+    obj.loss(err, batch)  # step 0 refreshes: every row by w = 0.5
+    at_refresh = p.values.clone()
+    with torch.no_grad():
+        unet.w.fill_(0.9)  # the model moves
+    obj.steps = 1
+    obj.loss(err, batch)  # step 1: no refresh; the closed loop recomputes rows 0 and 1 by w = 0.9
+    assert not torch.allclose(p.values[:2], at_refresh[:2]) and torch.equal(p.values[2:], at_refresh[2:])
+    seen = p.rows(torch.arange(5))
+    if snapshot:
+        torch.testing.assert_close(seen, at_refresh)  # all from w = 0.5
+    else:
+        torch.testing.assert_close(seen, p.values)  # rows 0-1 from w = 0.9, rows 2-4 from w = 0.5

@@ -16,6 +16,13 @@ gradient from the step's own draw (a straight-through estimate): for a sample wh
 band b, 1{t ∈ b} / P(b) · ∇ℓ / ℓ̄_base,b is an unbiased estimate of the gradient of its band-b entry,
 and the other entries get none from that draw. (A value left stale between refreshes let the push run
 open-loop for the whole interval: the members' losses rose 40-fold in one round.)
+
+What the proxy trains on is another matter: members recomputed every step next to D^nm_aux rows up to
+``attacker_refresh_steps`` old differ by how far the model moved in between, and at lr 1e-2 the proxy learned
+to read that as membership (on configs/default.toml, seeds 0 and 1: accuracy 0.58-0.71 per round on what it
+trained on, 0.39 on its own fresh D_te over 80 client rounds each: it scored the members the wrong way round,
+so its push pointed the wrong way too). Under ``privacy.profile_snapshot``
+each refresh recomputes every row and keeps them as the snapshot the proxy trains on, all by one model.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ class LossProfiles:
         self.band_probability = (self.edges[1:] - self.edges[:-1]).float() / num_timesteps
         self.base: torch.Tensor | None = None  # (N, bands) mean base losses, once
         self.values: torch.Tensor | None = None  # (N, bands) relative changes at the last refresh
+        self.snapshot: torch.Tensor | None = None  # every row by one model, at the last refresh_all
         self.refreshes = 0
         # rows [0, trained_rows) are recomputed by the LoRA steps that train on them; the rest only by refresh_untrained
         self.trained_rows = trained_rows
@@ -147,9 +155,17 @@ class LossProfiles:
         """Every row the first time, then the rows no LoRA step recomputes (they drift with the model too)."""
         return self.refresh(None if self.values is None else self.untrained)
 
+    def refresh_all(self) -> torch.Tensor:
+        """Every row from the model as it is now, kept as the snapshot ``rows`` then serves: members and
+        non-members by one model, however often the steps recompute their own rows in between."""
+        self.snapshot = self.refresh(None).clone()
+        return self.snapshot
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """The cached profiles of these rows (all rows computed first if never)."""
-        values = self.values if self.values is not None else self.refresh()
+        """The profiles of these rows as the proxy trains on them: the snapshot if one was taken, else the
+        cached values (all rows computed first if never)."""
+        values = self.snapshot if self.snapshot is not None else self.values
+        values = values if values is not None else self.refresh()
         return values[index.to(values.device)]
 
     def straight_through(self, index: torch.Tensor, ell: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -138,7 +138,10 @@ class ProxyAttackerObjective(Objective):
         if profiles is None or batch is None or batch.index is None:
             raise ValueError("calibrated-profile features need the client's profiles and the batch's member rows")
         if self.steps % p.attacker_refresh_steps == 0:
-            profiles.refresh_untrained()
+            if p.profile_snapshot:
+                profiles.refresh_all()
+            else:
+                profiles.refresh_untrained()
         ell = err.float().mean(dim=(1, 2, 3))
         leaf = ell.detach().requires_grad_(True)
         anchor = self.base_anchor(batch) if p.base_anchor > 0 else ell.new_zeros(())
