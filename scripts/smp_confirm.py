@@ -58,6 +58,12 @@ def chance_floor(n_members: int, n_nonmembers: int) -> float:
     return 2 * sigma * (2 / math.pi) ** 0.5
 
 
+def floors(results: list[dict[str, Any]]) -> str:
+    """The chance floor of each (members, non-members) size among these attack results, as table text."""
+    sizes = sorted({(m["n_members"], m["n_nonmembers"]) for m in results})
+    return ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in sizes)
+
+
 def base_row(base: dict[int, dict[str, Any]], lora: dict[int, dict[str, Any]], header: str) -> list[str]:
     """The base model itself (no adapter) in a table with this header row: its KID, held-out KID and KID ÷ LoRA's
     on the same seeds, the other cells empty."""
@@ -122,32 +128,15 @@ def federated_table(
             f"{stat(c_asrs, 100, 1)} | {stat(kids, 1, 4)} | {stat(ratios.values())} | {sum(met)} of {len(met)} seeds |"
         )
     lines += base_row(base, lora, lines[-len(found) - 2])
-    sizes = sorted(
-        {
-            (m["n_members"], m["n_nonmembers"])
-            for runs in found.values()
-            for s in runs.values()
-            for attacks in s["privacy"].get("clients", {}).values()
-            for m in attacks.values()
-        }
-    )
-    global_sizes = sorted(
-        {
-            (m["n_members"], m["n_nonmembers"])
-            for runs in found.values()
-            for s in runs.values()
-            for m in s["privacy"]["global"].values()
-        }
-    )
-    if sizes:
-        floors = ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in sizes)
+    runs_all = [s for runs in found.values() for s in runs.values()]
+    clients = [m for s in runs_all for attacks in s["privacy"].get("clients", {}).values() for m in attacks.values()]
+    if clients:
         lines += [
             "",
-            f"Chance floor of a client update's leakage: a model that leaks nothing scores {floors} on average "
-            "(the mean |AUC − 0.5|/0.5 of random scores on sets this size), so the client-update target of 0.25 sits "
-            "just above it; the global model's D_te gives "
-            + ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in global_sizes)
-            + ".",
+            f"Chance floor of a client update's leakage: a model that leaks nothing scores {floors(clients)} on "
+            "average (the mean |AUC − 0.5|/0.5 of random scores on sets this size), so the client-update target of "
+            f"0.25 sits just above it; the global model's D_te gives "
+            f"{floors([m for s in runs_all for m in s['privacy']['global'].values()])}.",
         ]
     lines += [
         "",
