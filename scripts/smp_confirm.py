@@ -32,6 +32,9 @@ SEARCH_SEED = 100  # scripts/smp_search.py's: its draw of members and non-member
 FED_CONFIG = "configs/default.toml"  # 8 clients x 24 members, 10 rounds of 60 local steps, rank 16, lr 1e-2
 CHOSEN = ("lora", "smp-l20-profile-a20-snap")  # the baseline, and the search's choice (the defaults)
 TARGET_DEV, TARGET_ASR, TARGET_KID_RATIO = 0.25, 0.60, 1.5
+# The round timeout is there to drop a dead client. Three runs sharing 2 cores took over the 900 s default for one
+# 600-step centralized round (one run failed that way), so these runs wait longer. It changes no number.
+PATIENT = ["federation.round_timeout_s=7200"]
 
 
 def stat(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -231,7 +234,7 @@ def main() -> int:
         for name in args.only:
             for seed in args.seeds:
                 out = folder(runs, name, seed, args.full, args.federated)
-                fedlora_run(config, COMMON + length + CANDIDATES[name] + [f"run.seed={seed}"], out)
+                fedlora_run(config, COMMON + length + CANDIDATES[name] + PATIENT + [f"run.seed={seed}"], out)
     folders = {name: {s: folder(runs, name, s, args.full, args.federated) for s in args.seeds} for name in args.only}
     finished = {name: {s: f for s, f in per.items() if (f / "summary.json").exists()} for name, per in folders.items()}
     archive([f for per in finished.values() for f in per.values()], section)
