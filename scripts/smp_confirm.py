@@ -14,6 +14,8 @@ the 2 cores.
 `--federated` runs configs/default.toml (8 clients, 10 rounds) with the same attacks and KID, and tabulates the
 global model and the mean over the clients' last updates (section `smp-confirm-federated`). `--federated --search`
 runs candidates on the search seed (100) instead, into section `smp-search-federated`: the federated search.
+`--only untrained` measures the suite's chance level on the same sets: one step at lr 1e-12, so every update is
+the base model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ TARGET_DEV, TARGET_ASR, TARGET_KID_RATIO = 0.25, 0.60, 1.5
 # The round timeout is there to drop a dead client. Three runs sharing 2 cores took over the 900 s default for one
 # 600-step centralized round (one run failed that way), so these runs wait longer. It changes no number.
 PATIENT = ["federation.round_timeout_s=7200"]
+# The measured chance level of the whole suite: one step at lr 1e-12 leaves every update the base model, which has
+# never seen the members, so whatever the attacks score on it is their noise on sets this size, with their real
+# correlations (the worst of 9 attacks is not the chance floor of one).
+UNTRAINED = "untrained"
+REFERENCES = {UNTRAINED: ["train.learning_rate=1e-12", "federation.rounds=1", "train.local_steps=1"]}
+SETTINGS = {**CANDIDATES, **REFERENCES}
 
 
 def stat(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -65,6 +73,18 @@ def floors(results: list[dict[str, Any]]) -> str:
     """The chance floor of each (members, non-members) size among these attack results, as table text."""
     sizes = sorted({(m["n_members"], m["n_nonmembers"]) for m in results})
     return ", ".join(f"{chance_floor(*n):.2f} on {n[0]} + {n[1]}" for n in sizes)
+
+
+def untrained_text(found: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """What the `untrained` row is, as table text (nothing when it is not in the table)."""
+    if UNTRAINED not in found:
+        return []
+    return [
+        "",
+        f"`{UNTRAINED}` ({', '.join(f'`{o}`' for o in REFERENCES[UNTRAINED])}): every update is the base model, "
+        "which never saw the members, so its leakage is the suite's measured chance level on these sets: the worst "
+        f"of {len(ATTACKS)} attacks scoring noise, with their real correlations.",
+    ]
 
 
 def base_row(base: dict[int, dict[str, Any]], lora: dict[int, dict[str, Any]], header: str) -> list[str]:
@@ -137,10 +157,12 @@ def federated_table(
         lines += [
             "",
             f"Chance floor of a client update's leakage: a model that leaks nothing scores {floors(clients)} on "
-            "average (the mean |AUC − 0.5|/0.5 of random scores on sets this size), so the client-update target of "
-            f"0.25 sits just above it; the global model's D_te gives "
+            "average (the mean |AUC − 0.5|/0.5 of random scores on sets this size) for one attack, and the worst of "
+            f"{len(ATTACKS)} scores more (the `{UNTRAINED}` row, where run), close to the client-update target of "
+            f"{TARGET_DEV}; the global model's D_te gives "
             f"{floors([m for s in runs_all for m in s['privacy']['global'].values()])}.",
         ]
+    lines += untrained_text(found)
     lines += [
         "",
         "Per attack, global model / mean over client updates, |AUC − 0.5|/0.5 (mean ± std over the seeds):",
@@ -196,6 +218,7 @@ def table(found: dict[str, dict[int, dict[str, Any]]], full: bool, base: dict[in
             f"{sum(met)} of {len(met)} seeds |"
         )
     lines += base_row(base, lora, lines[-len(found) - 2])
+    lines += untrained_text(found)
     lines += ["", "Per attack, |AUC − 0.5|/0.5 and ASR % (mean ± std over the seeds):", ""]
     lines += ["| attack | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
     for attack in ATTACKS:
@@ -209,7 +232,7 @@ def table(found: dict[str, dict[int, dict[str, Any]]], full: bool, base: dict[in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", default=list(CHOSEN), choices=list(CANDIDATES))
+    ap.add_argument("--only", nargs="+", default=list(CHOSEN), choices=list(SETTINGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--full", action="store_true", help="the config's 10 rounds instead of the search's 4")
     ap.add_argument("--federated", action="store_true", help=f"{FED_CONFIG} (8 clients, 10 rounds) instead")
@@ -234,7 +257,7 @@ def main() -> int:
         for name in args.only:
             for seed in args.seeds:
                 out = folder(runs, name, seed, args.full, args.federated)
-                fedlora_run(config, COMMON + length + CANDIDATES[name] + PATIENT + [f"run.seed={seed}"], out)
+                fedlora_run(config, COMMON + length + SETTINGS[name] + PATIENT + [f"run.seed={seed}"], out)
     folders = {name: {s: folder(runs, name, s, args.full, args.federated) for s in args.seeds} for name in args.only}
     finished = {name: {s: f for s, f in per.items() if (f / "summary.json").exists()} for name, per in folders.items()}
     archive([f for per in finished.values() for f in per.values()], section)
